@@ -1,0 +1,32 @@
+# The two commands the README promises: `make run` and `make test`. Both build .venv/ first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+SHELL  := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip on this kind of machine lists its local mirrors noisily; keep real errors visible.
+QUIET_PIP := { grep -v '^WARNING: Location' || true; }
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+# Re-installs when pyproject.toml changes. torch/torchvision are pinned in pyproject.toml.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, torchvision, fastapi; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

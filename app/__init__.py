@@ -1,0 +1,1 @@
+"""rnnlab's HTTP service. Loads exported weights from models/; never trains."""

@@ -1,0 +1,88 @@
+"""Loads every exported model (<name>.json + .safetensors) from the models folder once, at
+start-up, onto the configured device, and hands them to routes by task and variant."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.errors import ApiError
+from models.checkpoint import load_checkpoint
+
+log = logging.getLogger("rnnlab")
+
+# Which manifest metric ranks the variants of a task (higher is better) when a request
+# names no model.
+RANKING_METRIC = {"digits": "mnist_test_accuracy"}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    variant: str
+    model: nn.Module
+    manifest: dict[str, Any]
+    device: torch.device
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": self.name, "task": m["task"], "variant": self.variant, "architecture": m["architecture"],
+            "parameters": m.get("parameters"), "metrics": m.get("metrics", {}), "input": m.get("input", {}),
+            "training": {k: v for k, v in m.get("training", {}).items() if k != "history"},
+            "torch_version": m.get("torch_version"), "device": str(self.device),
+        }
+
+
+@dataclass
+class ModelRegistry:
+    device: torch.device
+    models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict)  # task -> variant -> model
+    errors: dict[str, str] = field(default_factory=dict)  # manifest file -> why it failed
+
+    def load_dir(self, folder: Path) -> None:
+        manifests = sorted(Path(folder).glob("*.json"))
+        if not manifests:
+            self.errors[str(folder)] = "no model manifests (*.json) found"
+        for path in manifests:
+            try:
+                model, manifest = load_checkpoint(path, self.device)
+            except Exception as exc:  # a broken file must not take the others down
+                log.error("could not load %s: %s", path, exc)
+                self.errors[path.name] = str(exc)
+                continue
+            variant = manifest.get("variant") or manifest.get("cell") or manifest["name"]
+            self.models.setdefault(manifest["task"], {})[variant] = LoadedModel(
+                manifest["name"], variant, model, manifest, self.device)
+            log.info("loaded %s (%s/%s) on %s", manifest["name"], manifest["task"], variant, self.device)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and not self.errors
+
+    def variants(self, task: str) -> dict[str, LoadedModel]:
+        return self.models.get(task, {})
+
+    def default_variant(self, task: str) -> str | None:
+        variants = self.variants(task)
+        if not variants:
+            return None
+        metric = RANKING_METRIC.get(task)
+        return max(variants, key=lambda v: variants[v].manifest.get("metrics", {}).get(metric, 0.0))
+
+    def pick(self, task: str, variant: str | None) -> LoadedModel:
+        variants = self.variants(task)
+        if not variants:
+            raise ApiError(503, "model_unavailable", f"no {task} model is loaded on this server",
+                           headers={"Retry-After": "30"})
+        if variant is None or variant == "":
+            variant = self.default_variant(task)
+        if variant not in variants:
+            raise ApiError(422, "unknown_model",
+                           f"model {variant!r} is not available for {task}; choose one of {', '.join(sorted(variants))}")
+        return variants[variant]

@@ -1,0 +1,87 @@
+"""POST /predict/digit: a drawn or photographed digit -> the RNN's answer, row by row."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import UPLOAD_ERRORS, ApiError
+from app.imaging import decode_image, png_data_url
+from app.registry import LoadedModel
+from app.uploads import read_images
+from models.preprocess import NoDigitError, canvas_to_image, digit_canvas, to_digit_tensor
+
+router = APIRouter(tags=["digits"])
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"],
+                           "properties": {"file": {"type": "string", "format": "binary",
+                                                   "description": "PNG, JPEG, GIF, BMP, WebP or TIFF"}}}},
+            "application/json": {
+                "schema": {"type": "object", "required": ["image"],
+                           "properties": {"image": {"type": "string",
+                                                    "description": "base64 image or data:image/...;base64 URL"}}}},
+        },
+    }
+}
+
+
+class DigitPrediction(BaseModel):
+    digit: int = Field(..., ge=0, le=9, examples=[7])
+    confidence: float = Field(..., description="probability of `digit`", examples=[0.998])
+    probabilities: list[float] = Field(..., description="10 class probabilities, summing to 1")
+    model: str = Field(..., description="the variant that answered: rnn, lstm or gru", examples=["gru"])
+    steps: list[list[float]] | None = Field(
+        None, description="with steps=true: 28 rows x 10 probabilities, the answer after reading each row")
+    input: str | None = Field(None, description="with echo=true: the exact 28x28 the model saw, as a PNG data URL")
+
+
+def _predict(entry: LoadedModel, data: bytes, max_pixels: int, steps: bool, echo: bool) -> DigitPrediction:
+    image = decode_image(data, max_pixels)
+    try:
+        canvas = digit_canvas(image)  # (28, 28) in [0, 1]
+    except NoDigitError as exc:
+        raise ApiError(422, "no_digit", f"{exc}; draw a digit in a colour that differs from the background") from None
+    x = to_digit_tensor(canvas).to(entry.device)  # (1, 28, 28)
+    with torch.inference_mode():
+        logits, step_logits = entry.model(x, return_steps=True)  # (1, 10), (1, 28, 10)
+        probs = logits.softmax(-1)[0].cpu()
+        step_probs = step_logits.softmax(-1)[0].cpu() if steps else None
+    digit = int(probs.argmax())
+    return DigitPrediction(
+        digit=digit,
+        confidence=round(float(probs[digit]), 6),
+        probabilities=[round(float(p), 6) for p in probs],
+        model=entry.variant,
+        steps=[[round(float(p), 5) for p in row] for row in step_probs] if step_probs is not None else None,
+        input=png_data_url(canvas_to_image(canvas)) if echo else None,
+    )
+
+
+@router.post(
+    "/predict/digit",
+    response_model=DigitPrediction,
+    response_model_exclude_none=True,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=IMAGE_BODY,
+    summary="Classify a handwritten digit with a row-reading RNN",
+)
+async def predict_digit(
+    request: Request,
+    model: Annotated[str | None, Query(description="rnn | lstm | gru (default: the most accurate)")] = None,
+    steps: Annotated[bool, Query(description="include the 28x10 per-row probabilities")] = False,
+    echo: Annotated[bool, Query(description="include the 28x28 input the model saw")] = False,
+) -> DigitPrediction:
+    settings = request.app.state.settings
+    entry = request.app.state.registry.pick("digits", model)  # 422 before reading a big body
+    files = await read_images(request, settings.max_upload_bytes, {"file": "image"})
+    # Decoding, preprocessing and the forward pass are CPU/GPU work: off the event loop.
+    return await run_in_threadpool(_predict, entry, files["file"], settings.max_image_pixels, steps, echo)

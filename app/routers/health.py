@@ -1,0 +1,56 @@
+"""Liveness, readiness and the loaded models' manifests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.errors import ErrorResponse
+
+router = APIRouter(tags=["service"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    models: dict[str, list[str]]
+    errors: dict[str, str] = {}
+
+
+class ModelsList(BaseModel):
+    device: str
+    defaults: dict[str, str | None]
+    models: list[dict[str, Any]]
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, summary="200 once every model is loaded, else 503",
+            responses={503: {"model": Readiness, "description": "models still loading or failed to load"}})
+def readyz(request: Request):
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        return JSONResponse({"status": "loading", "models": {}, "errors": {}}, status_code=503)
+    body = Readiness(status="ready" if registry.ready else "not_ready",
+                     models={task: sorted(v) for task, v in registry.models.items()}, errors=registry.errors)
+    return JSONResponse(body.model_dump(), status_code=200 if registry.ready else 503)
+
+
+@router.get("/models", response_model=ModelsList, summary="Every loaded model's manifest: task, cell, metrics, device",
+            responses={503: {"model": ErrorResponse}})
+def list_models(request: Request) -> ModelsList:
+    registry = request.app.state.registry
+    return ModelsList(
+        device=str(registry.device),
+        defaults={task: registry.default_variant(task) for task in registry.models},
+        models=[m.describe() for variants in registry.models.values() for m in variants.values()],
+    )

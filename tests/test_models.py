@@ -1,0 +1,85 @@
+"""Network shapes and the checkpoint round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.digits import DigitRNN, DigitRNNConfig
+
+CONFIGS = [
+    DigitRNNConfig(cell="rnn", hidden_size=64, num_layers=7),
+    DigitRNNConfig(cell="lstm", hidden_size=32, num_layers=2),
+    DigitRNNConfig(cell="gru", hidden_size=32, num_layers=2),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.cell)
+def test_digit_net_shapes(config):
+    model = DigitRNN(config).eval()
+    x = torch.randn(5, 28, 28)
+    logits = model(x)
+    assert logits.shape == (5, 10)
+    last, steps = model(x, return_steps=True)
+    assert steps.shape == (5, 28, 10)
+    # The per-row answers end in the final answer.
+    torch.testing.assert_close(last, logits)
+    torch.testing.assert_close(steps[:, -1], logits)
+    # Also takes the (B, 1, 28, 28) image layout.
+    torch.testing.assert_close(model(x.unsqueeze(1)), logits)
+
+
+def test_reference_rnn_architecture():
+    model = DigitRNN(DigitRNNConfig())
+    assert isinstance(model.rnn, torch.nn.RNN)
+    assert (model.rnn.input_size, model.rnn.hidden_size, model.rnn.num_layers) == (28, 64, 7)
+    assert model.rnn.nonlinearity == "tanh" and model.rnn.batch_first
+    assert (model.head.in_features, model.head.out_features) == (64, 10)
+
+
+def test_steps_are_causal():
+    """Row t's answer depends only on rows 0..t: changing the last rows leaves earlier steps alone."""
+    model = DigitRNN(DigitRNNConfig(cell="gru", hidden_size=16, num_layers=2)).eval()
+    x = torch.randn(2, 28, 28)
+    y = x.clone()
+    y[:, 20:] = torch.randn(2, 8, 28)
+    _, sx = model(x, return_steps=True)
+    _, sy = model(y, return_steps=True)
+    torch.testing.assert_close(sx[:, :20], sy[:, :20])
+    assert not torch.allclose(sx[:, 20:], sy[:, 20:])
+
+
+def test_unknown_cell_is_refused():
+    with pytest.raises(ValueError, match="unknown cell"):
+        DigitRNN(DigitRNNConfig(cell="transformer"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.cell)
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, config):
+    torch.manual_seed(0)
+    model = DigitRNN(config).eval()
+    json_path = save_checkpoint(model, {"task": "digits", "cell": config.cell, "architecture": config.to_dict()},
+                                tmp_path, f"digits_{config.cell}")
+    assert (tmp_path / f"digits_{config.cell}.safetensors").is_file()
+    manifest = json.loads(json_path.read_text())
+    assert manifest["architecture"] == config.to_dict()
+
+    loaded, loaded_manifest = load_checkpoint(json_path)
+    assert not loaded.training
+    x = torch.randn(3, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded_manifest["name"] == f"digits_{config.cell}"
+
+
+def test_checkpoint_with_wrong_shapes_is_rejected(tmp_path):
+    model = DigitRNN(CONFIGS[2])
+    json_path = save_checkpoint(model, {"task": "digits", "architecture": CONFIGS[2].to_dict()}, tmp_path, "m")
+    manifest = json.loads(json_path.read_text())
+    manifest["architecture"]["hidden_size"] = 48  # no longer matches the stored tensors
+    json_path.write_text(json.dumps(manifest))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_checkpoint(json_path)

@@ -1,0 +1,1 @@
+"""Offline training CLIs. They import `models/`; nothing in `app/` imports them."""

@@ -1,0 +1,106 @@
+"""Pieces every training CLI shares: data root, MNIST tensors, seeding, curves."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_ROOT_ENV = "RNNLAB_DATA_ROOT"
+
+
+def default_data_root() -> str:
+    """$RNNLAB_DATA_ROOT, else ../shared/datasets beside the checkout if present, else ./data."""
+    if os.environ.get(DATA_ROOT_ENV):
+        return os.environ[DATA_ROOT_ENV]
+    shared = REPO_ROOT.parent / "shared" / "datasets"
+    if (shared / "MNIST" / "raw").is_dir():
+        return str(shared)
+    return str(REPO_ROOT / "data")
+
+
+def add_common_args(parser, *, epochs: int, lr: float, batch_size: int) -> None:
+    parser.add_argument("--data-root", default=default_data_root(),
+                        help=f"folder holding MNIST/raw (default: ${DATA_ROOT_ENV}, ../shared/datasets or ./data)")
+    parser.add_argument("--download", action="store_true",
+                        help="let torchvision download MNIST into --data-root if it is missing")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (one-cycle)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0,
+                        help="use only the first N training and N test images (smoke runs)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "models" / "weights"), help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_mnist(root: str, train: bool, download: bool = False, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST as tensors: images (N, 28, 28) float in [0, 1] (white ink), labels (N,) long."""
+    from torchvision.datasets import MNIST
+
+    try:
+        ds = MNIST(root=root, train=train, download=download)
+    except RuntimeError as exc:  # torchvision says "Dataset not found"
+        raise SystemExit(
+            f"MNIST not found under {root!r}/MNIST/raw. Point --data-root (or ${DATA_ROOT_ENV}) at it, "
+            f"or add --download to fetch it from the internet. ({exc})"
+        ) from None
+    images = ds.data.float().div_(255.0)
+    labels = ds.targets.long()
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
+
+
+def save_curve(history: list[dict], path: Path, title: str, metrics: list[tuple[str, str]]) -> None:
+    """Plot per-epoch metrics: `metrics` is [(key, label)], first on the left axis, the
+    rest on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    key, label = metrics[0]
+    ax.plot(epochs, [h[key] for h in history], "o-", color="tab:blue", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label, color="tab:blue")
+    if len(metrics) > 1:
+        ax2 = ax.twinx()
+        for (k, lab), colour in zip(metrics[1:], ["tab:red", "tab:green", "tab:purple"]):
+            ax2.plot(epochs, [h[k] for h in history], "s-", color=colour, label=lab)
+        ax2.set_ylabel(" / ".join(lab for _, lab in metrics[1:]), color="tab:red")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def progress(iterable, *, total: int, desc: str, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True, mininterval=1.0)
