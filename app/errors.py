@@ -46,6 +46,9 @@ UPLOAD_ERRORS = {
     415: _describe(415, "`invalid_image` (not a supported image) or `unsupported_media_type` (body type)"),
     422: _describe(422, "`invalid_image` (corrupt/truncated), `no_digit`, `unknown_model`, `missing_file`, "
                         "`invalid_json`, `invalid_base64` or `invalid_request`"),
+    408: _describe(408, "`upload_timeout`: the body did not arrive within the upload time-out"),
+    503: _describe(503, "`overloaded` (this model's queue is full), `timeout` (still queued after the request "
+                        "time-out) or `model_unavailable`; always with a `Retry-After` header (seconds)"),
 }
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 
 import torch
@@ -11,7 +10,9 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.batching import BatchingPool, default_torch_threads
 from app.errors import install_error_handlers
+from app.observability import configure_logging, install_observability
 from app.registry import ModelRegistry
 from app.routers import digits, health
 from app.settings import Settings, get_settings
@@ -25,16 +26,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        # Why: torch defaults to one thread per core; several concurrent requests then
-        # oversubscribe the CPU. A few threads per forward pass is the sweet spot for these nets.
-        torch.set_num_threads(settings.torch_threads or max(1, min(4, os.cpu_count() or 1)))
+        configure_logging(settings.log_level, settings.log_format)
+        # Why: torch defaults to one thread per core; the forward passes would then fight the
+        # threads decoding uploads. Default: half the CPUs the container really has (app/batching.py).
+        torch.set_num_threads(settings.torch_threads or default_torch_threads())
         registry = ModelRegistry(device=resolve_device(settings.device))
         registry.load_dir(settings.models_dir)
         app.state.registry = registry
+        # Per-model micro-batching + admission control (app/batching.py), made in this event loop.
+        app.state.batching = BatchingPool(settings, observe=app.state.metrics.observe_batch)
         log.info("ready=%s models=%s errors=%s", registry.ready,
                  {t: sorted(v) for t, v in registry.models.items()}, registry.errors)
         yield
+        await app.state.batching.close()
 
     app = FastAPI(
         title="rnnlab",
@@ -42,9 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Recurrent neural networks you can use: digits read row by row by RNN/LSTM/GRU. "
                     "Every error is a 4xx with `{\"error\": {\"code\", \"message\"}}`.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets: the page and /docs work offline
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_observability(app, settings)  # X-Request-ID, JSON access log, GET /metrics
     app.include_router(health.router)
     app.include_router(digits.router)
 
@@ -56,7 +63,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    install_offline_docs(app)
     return app
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle-v2 wheel instead of FastAPI's default
+    CDN, which an offline deployment cannot reach."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
 app = create_app()

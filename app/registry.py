@@ -18,7 +18,7 @@ log = logging.getLogger("rnnlab")
 
 # Which manifest metric ranks the variants of a task (higher is better) when a request
 # names no model.
-RANKING_METRIC = {"digits": "mnist_test_accuracy"}
+RANKING_METRIC = {"digits": "mnist_test_accuracy", "captcha": "full_string_accuracy"}
 
 
 @dataclass

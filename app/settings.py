@@ -20,8 +20,21 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto takes CUDA when available")
     max_upload_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body limit; larger gets 413")
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded width*height limit; larger gets 413")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = min(4, CPUs)")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = half the usable CPUs, 1 to 4")
     log_level: str = "info"
+    # Serving under load (app/batching.py, app/observability.py; docs/serving.md).
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per log line")
+    batch_max_size: int = Field(32, ge=1, description="most requests one forward pass takes")
+    batch_max_wait_ms: float = Field(8.0, ge=0, description="longest wait for a batch to fill, only while more "
+                                                            "requests are being preprocessed (docs/serving.md)")
+    queue_size: int = Field(64, ge=1, description="requests in flight per model (decoding, queued, running); "
+                                                  "more get 503 overloaded + Retry-After")
+    request_timeout_s: float = Field(10.0, gt=0, description="longest wait in a model's queue before its "
+                                                             "forward pass starts; then 503 timeout")
+    upload_timeout_s: float = Field(30.0, gt=0, description="longest time to receive a request body; then 408")
+    preprocess_threads: int = Field(0, ge=0, description="threads decoding images at once; 0 = 2 x usable CPUs")
+    metrics: bool = Field(True, description="serve GET /metrics (Prometheus)")
+    bench_routes: bool = Field(False, description="add GET /bench/noop, a do-nothing route for bench/load.py")
 
 
 @lru_cache

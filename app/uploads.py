@@ -8,6 +8,7 @@ Accepted bodies:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -25,11 +26,17 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "too_large", f"body of {int(declared):,} bytes exceeds the {limit:,}-byte upload limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"body exceeds the {limit:,}-byte upload limit")
-        chunks.append(chunk)
+    # A client that trickles its body must not hold a slot forever (slow-loris): 408 after the time-out.
+    timeout = getattr(getattr(request.app.state, "settings", None), "upload_timeout_s", None)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "too_large", f"body exceeds the {limit:,}-byte upload limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "upload_timeout", f"request body not received within {timeout:g} s") from None
     return b"".join(chunks)
 
 

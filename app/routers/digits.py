@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
+from app.batching import stack_batch
 from app.errors import UPLOAD_ERRORS, ApiError
 from app.imaging import decode_image, png_data_url
 from app.registry import LoadedModel
@@ -44,24 +45,35 @@ class DigitPrediction(BaseModel):
     input: str | None = Field(None, description="with echo=true: the exact 28x28 the model saw, as a PNG data URL")
 
 
-def _predict(entry: LoadedModel, data: bytes, max_pixels: int, steps: bool, echo: bool) -> DigitPrediction:
+def _prepare(data: bytes, max_pixels: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Upload bytes -> (model input (1, 28, 28), canvas (28, 28) in [0, 1]); 4xx when unusable."""
     image = decode_image(data, max_pixels)
     try:
         canvas = digit_canvas(image)  # (28, 28) in [0, 1]
     except NoDigitError as exc:
         raise ApiError(422, "no_digit", f"{exc}; draw a digit in a colour that differs from the background") from None
-    x = to_digit_tensor(canvas).to(entry.device)  # (1, 28, 28)
-    with torch.inference_mode():
-        logits, step_logits = entry.model(x, return_steps=True)  # (1, 10), (1, 28, 10)
-        probs = logits.softmax(-1)[0].cpu()
-        step_probs = step_logits.softmax(-1)[0].cpu() if steps else None
-    digit = int(probs.argmax())
+    return to_digit_tensor(canvas), canvas  # (1, 28, 28)
+
+
+def digit_batch(entry: LoadedModel, items: list[torch.Tensor]) -> list[tuple[list[float], list[list[float]]]]:
+    """One forward pass for B requests (run by app/batching.py in the model's thread):
+    items B x (1, 28, 28) -> per item (10 probabilities, 28 x 10 per-row probabilities)."""
+    x = stack_batch(items, entry.device)  # (B, 28, 28)
+    logits, step_logits = entry.model(x, return_steps=True)  # (B, 10), (B, 28, 10)
+    probs = logits.softmax(-1).cpu().tolist()
+    step_probs = step_logits.softmax(-1).cpu().tolist()
+    return list(zip(probs, step_probs))
+
+
+def _response(entry: LoadedModel, probs: list[float], step_probs: list[list[float]], canvas: np.ndarray,
+              steps: bool, echo: bool) -> DigitPrediction:
+    digit = max(range(len(probs)), key=probs.__getitem__)
     return DigitPrediction(
         digit=digit,
-        confidence=round(float(probs[digit]), 6),
-        probabilities=[round(float(p), 6) for p in probs],
+        confidence=round(probs[digit], 6),
+        probabilities=[round(p, 6) for p in probs],
         model=entry.variant,
-        steps=[[round(float(p), 5) for p in row] for row in step_probs] if step_probs is not None else None,
+        steps=[[round(p, 5) for p in row] for row in step_probs] if steps else None,
         input=png_data_url(canvas_to_image(canvas)) if echo else None,
     )
 
@@ -82,6 +94,13 @@ async def predict_digit(
 ) -> DigitPrediction:
     settings = request.app.state.settings
     entry = request.app.state.registry.pick("digits", model)  # 422 before reading a big body
-    files = await read_images(request, settings.max_upload_bytes, {"file": "image"})
-    # Decoding, preprocessing and the forward pass are CPU/GPU work: off the event loop.
-    return await run_in_threadpool(_predict, entry, files["file"], settings.max_image_pixels, steps, echo)
+    pool = request.app.state.batching
+    # Admission first (503 + Retry-After when this model's queue is full), then the body.
+    async with pool.for_model(entry, digit_batch).admit() as slot:
+        files = await read_images(request, settings.max_upload_bytes, {"file": "image"})
+        # Decoding and preprocessing in a worker thread; the forward pass joins a micro-batch
+        # run in the model's own thread (app/batching.py). Neither blocks the event loop.
+        x, canvas = await pool.preprocess(_prepare, files["file"], settings.max_image_pixels)
+        probs, step_probs = await slot.infer(x)
+    prediction = _response(entry, probs, step_probs, canvas, steps, echo)
+    return prediction

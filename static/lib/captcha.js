@@ -1,0 +1,202 @@
+// The captcha panel: upload (picker or drag-and-drop) or fetch a fresh captcha, decode it,
+// show each character's confidence with its top-3 on hover/focus, switch ctc / seq2seq.
+
+import { ApiError, dataUrlToBlob, getJSON, postFiles } from "./api.js";
+import { $, el, label, markUnavailable, pctNice, setPanelState, showError } from "./ui.js";
+
+const ORDER = ["ctc", "seq2seq"];
+
+export function initCaptcha({ panel, catalog, announce }) {
+  const variants = Object.keys(catalog.models.captcha || {})
+    .sort((a, b) => (ORDER.indexOf(a) + 1 || 99) - (ORDER.indexOf(b) + 1 || 99));
+  if (!variants.length) {
+    markUnavailable(panel, "No captcha model is loaded on this server, so captchas cannot be read here yet.");
+    return;
+  }
+  const els = {
+    models: $("#captcha-models", panel),
+    modelNote: $("#captcha-model-note", panel),
+    file: $("[data-testid=captcha-file]", panel),
+    drop: $("#captcha-drop", panel),
+    newBtn: $("[data-testid=captcha-new]", panel),
+    img: $("#captcha-img", panel),
+    stage: $("#captcha-stage", panel),
+    result: $("[data-testid=captcha-result]", panel),
+    confidence: $("#captcha-confidence", panel),
+    truthRow: $("#captcha-truth-row", panel),
+    truth: $("[data-testid=captcha-truth]", panel),
+    verdict: $("#captcha-verdict", panel),
+    error: $("#captcha-error", panel),
+    tip: $("#captcha-tip"),
+  };
+
+  let selected = variants.includes(catalog.defaults.captcha) ? catalog.defaults.captcha : variants[0];
+  let current = null; // {blob, truth}
+  let ticket = 0; // answers to superseded requests are dropped
+  let objectUrl = null;
+
+  // ---- model switch: a radio group, keyboard-native -----------------------------------------
+  const DESCRIBE = {
+    ctc: "bidirectional GRU over the columns, CTC decoding",
+    seq2seq: "GRU encoder over the columns, GRU decoder emitting 4 characters",
+  };
+  function describeModel() {
+    const m = catalog.models.captcha[selected]?.metrics || {};
+    const acc = typeof m.full_string_accuracy === "number"
+      ? ` · ${pctNice(m.full_string_accuracy)} of ${m.test_samples ? m.test_samples.toLocaleString("en") : "held-out"} test captchas read right`
+      : "";
+    els.modelNote.textContent = `${DESCRIBE[selected] || selected}${acc}`;
+  }
+  for (const v of variants) {
+    const input = el("input", { type: "radio", name: "captcha-model", value: v, id: `captcha-model-${v}`,
+      checked: v === selected, "data-testid": `captcha-model-${v}`, "aria-describedby": "captcha-model-note" });
+    input.addEventListener("change", () => { selected = v; describeModel(); if (current) decode(); });
+    els.models.append(el("span", { class: "seg" }, input, el("label", { for: input.id }, label(v))));
+  }
+  describeModel();
+
+  // ---- per-character tooltip (top-3) ---------------------------------------------------------
+  function showTip(button) {
+    els.tip.replaceChildren(el("strong", { text: "Top 3" }), el("ol", {},
+      (button._top3 || []).map(([c, p]) => el("li", {}, el("span", { class: "tip-char", text: c }), ` ${pctNice(p)}`))));
+    els.tip.hidden = false;
+    const r = button.getBoundingClientRect();
+    const tipW = els.tip.offsetWidth;
+    const left = Math.min(window.innerWidth - tipW - 8, Math.max(8, r.left + r.width / 2 - tipW / 2));
+    els.tip.style.left = `${left + window.scrollX}px`;
+    els.tip.style.top = `${r.bottom + window.scrollY + 8}px`;
+  }
+  const hideTip = () => { els.tip.hidden = true; };
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") hideTip(); });
+
+  const normTop3 = (top3) => (Array.isArray(top3) ? top3 : []).map((t) => (Array.isArray(t)
+    ? [String(t[0]), Number(t[1])] : [String(t.char ?? t.c ?? "?"), Number(t.confidence ?? t.p ?? t.probability ?? 0)]));
+
+  function showResult(data, truth) {
+    const text = String(data.text ?? "");
+    const chars = Array.isArray(data.characters) && data.characters.length
+      ? data.characters : [...text].map((c) => ({ char: c }));
+    const truthLower = truth ? truth.toLowerCase() : null;
+    els.result.replaceChildren(...chars.map((ch, i) => {
+      const c = String(ch.char ?? "");
+      const conf = typeof ch.confidence === "number" ? ch.confidence : null;
+      const tone = conf == null ? "" : conf >= 0.9 ? "hi" : conf >= 0.6 ? "mid" : "lo";
+      const wrong = truthLower != null && truthLower[i] !== c.toLowerCase();
+      const top3 = normTop3(ch.top3);
+      const b = el("button", {
+        type: "button", class: `char tone-${tone}${wrong ? " is-wrong" : ""}`,
+        "aria-label": `character ${i + 1}: ${c}${conf != null ? `, ${pctNice(conf)} sure` : ""}`
+          + (top3.length ? `; top 3: ${top3.map(([t, p]) => `${t} ${pctNice(p)}`).join(", ")}` : ""),
+        style: conf != null ? { "--conf": conf.toFixed(3) } : null,
+      }, c);
+      b._top3 = top3;
+      if (top3.length) {
+        b.addEventListener("mouseenter", () => showTip(b));
+        b.addEventListener("focus", () => showTip(b));
+        b.addEventListener("mouseleave", hideTip);
+        b.addEventListener("blur", hideTip);
+      }
+      return b;
+    }));
+    els.confidence.textContent = typeof data.confidence === "number"
+      ? `${label(data.model || selected)} · whole string ${pctNice(data.confidence)} sure` : label(data.model || selected);
+    if (!text) els.confidence.textContent = `${label(data.model || selected)} read no characters in this image`;
+    els.truthRow.hidden = !truth;
+    if (truth) {
+      els.truth.textContent = truth;
+      const ok = truthLower === text.toLowerCase();
+      els.verdict.textContent = ok ? "✓ correct" : "✗ misread";
+      els.verdict.className = `chip ${ok ? "chip-ok" : "chip-warn"}`;
+    }
+    announce(`Captcha decoded as ${[...text].join(" ")}${truth ? `; the true text is ${[...truth].join(" ")}` : ""}.`);
+  }
+
+  function setImage(blob) {
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+    objectUrl = URL.createObjectURL(blob);
+    els.img.src = objectUrl;
+    els.img.alt = current?.truth ? `captcha (true text ${current.truth})` : "the uploaded captcha";
+    els.stage.dataset.empty = "false";
+  }
+
+  async function decode() {
+    const mine = ++ticket;
+    setPanelState(panel, "busy");
+    panel.setAttribute("aria-busy", "true");
+    try {
+      const data = await postFiles(`/predict/captcha?model=${encodeURIComponent(selected)}`, { file: current.blob });
+      if (mine !== ticket) return;
+      showError(els.error, null);
+      showResult(data, current.truth);
+      setPanelState(panel, "ready");
+    } catch (err) {
+      if (mine !== ticket) return;
+      failed(err, "Could not read this image.");
+    } finally {
+      if (mine === ticket) panel.removeAttribute("aria-busy");
+    }
+  }
+
+  function failed(err, prefix) {
+    if (err instanceof ApiError && err.missingEndpoint) {
+      markUnavailable(panel, "This server lists a captcha model but has no /predict/captcha endpoint.");
+      return;
+    }
+    els.result.replaceChildren();
+    els.confidence.textContent = "";
+    showError(els.error, err, prefix);
+    announce(`Error: ${err.message}`);
+    setPanelState(panel, "error");
+  }
+
+  function useFile(file) {
+    if (!file) return;
+    if (file.type && !file.type.startsWith("image/")) {
+      failed(new ApiError(0, "not_an_image", `${file.name} is not an image (${file.type}).`), "Not an image.");
+      return;
+    }
+    current = { blob: file, truth: null };
+    setImage(file);
+    decode();
+  }
+
+  els.file.addEventListener("change", () => { useFile(els.file.files[0]); els.file.value = ""; });
+
+  // Drag-and-drop onto the drop zone (files only; counter keeps the highlight steady over children).
+  let dragDepth = 0;
+  const dragging = (on) => els.drop.classList.toggle("is-dragging", on);
+  els.drop.addEventListener("dragenter", (e) => { e.preventDefault(); dragDepth += 1; dragging(true); });
+  els.drop.addEventListener("dragover", (e) => { e.preventDefault(); e.dataTransfer.dropEffect = "copy"; });
+  els.drop.addEventListener("dragleave", () => { dragDepth = Math.max(0, dragDepth - 1); if (!dragDepth) dragging(false); });
+  els.drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    dragDepth = 0;
+    dragging(false);
+    useFile(e.dataTransfer.files[0]);
+  });
+
+  els.newBtn.addEventListener("click", async () => {
+    const mine = ++ticket;
+    els.newBtn.disabled = true;
+    setPanelState(panel, "busy");
+    try {
+      const fresh = await getJSON("/captcha/new");
+      if (mine !== ticket) return;
+      current = { blob: dataUrlToBlob(fresh.image), truth: fresh.text ? String(fresh.text) : null };
+      setImage(current.blob);
+      await decode();
+    } catch (err) {
+      if (mine !== ticket) return;
+      if (err instanceof ApiError && err.missingEndpoint) {
+        // Reading uploads still works; only the generator is missing.
+        els.newBtn.hidden = true;
+        showError(els.error, err, "This server cannot make new captchas.");
+        setPanelState(panel, "error");
+      } else failed(err, "Could not fetch a new captcha.");
+    } finally {
+      els.newBtn.disabled = false;
+    }
+  });
+
+  setPanelState(panel, "empty");
+}

@@ -1,0 +1,478 @@
+"""The demo page in a real browser: Debian's Chromium driven by Python Playwright.
+
+The real service runs in a subprocess (uvicorn on a free loopback port) on the committed
+weights in models/weights. Digits are drawn with mouse moves (and, at phone size, touch)
+along the pen paths of tests/digit_strokes.py. Screenshots of each panel go to
+artifacts/browser/ (gitignored); with RNNLAB_UPDATE_SCREENSHOT=1, one desktop view also goes to docs/screenshot.png for the README.
+
+Needs `playwright` (the dev extra) and Chromium at /usr/bin/chromium (`apt-get install
+chromium`; Playwright's own browser download is not used). Without them these tests skip,
+except under CI=true, where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import IN_CI, REPO_ROOT, WEIGHTS_DIR
+from digit_strokes import digit_paths
+
+CHROMIUM = Path(os.environ.get("RNNLAB_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
+DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+AE_TASK = "autoencoder"
+SETTLE_MS = 30_000  # a prediction on a loaded 2-core machine; normally ~100 ms
+
+
+def _skip_or_fail(message: str):
+    if IN_CI:
+        pytest.fail(message + " -- required under CI=true")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_or_fail("browser tests need the `playwright` Python package (pip install -e '.[dev]')")
+    if not CHROMIUM.exists():
+        _skip_or_fail(f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium; "
+                      "set RNNLAB_CHROMIUM to use another binary)")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api):
+    b = playwright_api.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield b
+    b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real service on the committed weights: {"url", "catalog": {task: [variants]}, "defaults"}."""
+    if not any(WEIGHTS_DIR.glob("digits_*.json")):
+        _skip_or_fail(f"no digit weights in {WEIGHTS_DIR}; train them with `python -m training.digits`")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    env = {**os.environ, "RNNLAB_MODELS_DIR": str(WEIGHTS_DIR), "RNNLAB_DEVICE": "cpu",
+           "RNNLAB_TORCH_THREADS": "1", "RNNLAB_LOG_LEVEL": "warning"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the service exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                _get_json(url + "/healthz")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the service did not start in 120 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.3)
+        models = _get_json(url + "/models")
+        catalog: dict[str, list[str]] = {}
+        for m in models["models"]:
+            catalog.setdefault(m["task"], []).append(m["variant"])
+        yield {"url": url, "catalog": catalog, "defaults": models["defaults"]}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class Page:
+    """A page on the demo plus every console error and uncaught exception it produced."""
+
+    def __init__(self, browser, url: str, viewport: dict, phone: bool = False):
+        self.context = browser.new_context(viewport=viewport, device_scale_factor=2 if phone else 1,
+                                           is_mobile=phone, has_touch=phone, reduced_motion="reduce")
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        self.page.set_default_timeout(SETTLE_MS)
+        self.url = url
+
+    def open(self):
+        self.page.goto(self.url + "/")
+        self.page.wait_for_selector("body[data-ready=true]")
+        return self
+
+    def panel(self, name: str):
+        return self.page.get_by_test_id(f"{name}-panel")
+
+    def settle(self, name: str) -> str:
+        """Wait until the panel has no request in flight or pending; returns its state."""
+        self.page.wait_for_function(
+            "name => !['loading', 'busy'].includes(document.querySelector(`[data-testid=${name}-panel]`).dataset.state)",
+            arg=name)
+        return self.panel(name).get_attribute("data-state")
+
+    def _canvas_box(self):
+        canvas = self.page.get_by_test_id("digit-canvas")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        assert box and box["width"] > 100 and abs(box["width"] - box["height"]) < 1, box
+        return box
+
+    def draw_with_mouse(self, digit: int, variant: int = 0):
+        box = self._canvas_box()
+        mouse = self.page.mouse
+        for stroke in digit_paths(digit, variant, size=box["width"]):
+            mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+            mouse.down()
+            for x, y in stroke[1:]:
+                mouse.move(box["x"] + x, box["y"] + y, steps=2)
+            mouse.up()
+
+    def draw_with_touch(self, digit: int, variant: int = 0):
+        """Real touch input (CDP touch events; Chromium turns them into touch pointer events)."""
+        box = self._canvas_box()
+        cdp = self.context.new_cdp_session(self.page)
+        for stroke in digit_paths(digit, variant, size=box["width"]):
+            points = [{"x": box["x"] + x, "y": box["y"] + y} for x, y in stroke]
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [points[0]]})
+            for p in points[1:]:
+                cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [p]})
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        cdp.detach()
+
+    def predicted_digit(self) -> str:
+        assert self.settle("digits") == "ready", self.page.get_by_test_id("digit-error").text_content()
+        return self.page.get_by_test_id("digit-result").text_content()
+
+    def shot(self, name: str, locator=None, full_page: bool = False) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        if locator is not None:
+            # The sticky header would otherwise be stitched into tall element captures.
+            locator.screenshot(path=str(path), style=".topbar { position: static !important; }")
+        else:
+            self.page.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    def assert_clean(self, allowed: tuple[str, ...] = ()):
+        unexpected = [e for e in self.errors if not any(a in e for a in allowed)]
+        assert not unexpected, "errors in the browser console:\n" + "\n".join(unexpected)
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def desktop(browser, server):
+    p = Page(browser, server["url"], DESKTOP).open()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def phone(browser, server):
+    p = Page(browser, server["url"], PHONE, phone=True).open()
+    yield p
+    p.close()
+
+
+def _post_file(url: str, data: bytes) -> dict:
+    """multipart POST of one PNG as `file` (stdlib only) -> JSON."""
+    boundary = "rnnlab-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _agreement(a: str, b: str) -> int:
+    return sum(x == y for x, y in zip(a.lower(), b.lower()))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_page_loads_with_every_panel_in_a_known_state(desktop, server):
+    page = desktop.page
+    assert page.title().startswith("rnnlab")
+    status = page.locator("#server-status")
+    assert status.get_attribute("data-tone") == "up" and "Online" in status.text_content()
+    assert desktop.panel("digits").get_attribute("data-state") == "empty"
+    assert page.get_by_test_id("digit-result").text_content() == ""
+    for name, tasks in [("captcha", ["captcha"]), ("ae", [AE_TASK])]:
+        available = any(server["catalog"].get(t) for t in tasks)
+        state = desktop.panel(name).get_attribute("data-state")
+        assert (state != "unavailable") == available, (name, state, server["catalog"])
+    # Keyboard: the skip link comes first and lands on the pad's section; the pad is focusable.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.get_by_test_id("digit-canvas").focus()
+    assert page.evaluate("document.activeElement.dataset.testid") == "digit-canvas"
+    assert page.get_by_test_id("digit-canvas").get_attribute("aria-label")
+    assert page.locator("#announcer[aria-live=polite]").count() == 1
+    desktop.assert_clean()
+
+
+def test_drawn_digits_are_read_and_shown_row_by_row(desktop, server):
+    page = desktop.page
+    desktop.draw_with_mouse(1)  # a clear vertical 1
+    assert desktop.predicted_digit() == "1"
+    page.get_by_test_id("digit-clear").click()
+    assert desktop.settle("digits") == "empty"
+    assert page.get_by_test_id("digit-result").text_content() == ""
+
+    desktop.draw_with_mouse(0)
+    assert desktop.predicted_digit() == "0"
+    # Undo by keyboard removes the only stroke: back to empty.
+    page.get_by_test_id("digit-canvas").focus()
+    page.keyboard.press("Control+z")
+    assert desktop.settle("digits") == "empty"
+
+    desktop.draw_with_mouse(7)
+    assert desktop.predicted_digit() == "7"
+    # Every cell answered for the same drawing, and the selected one is the default model.
+    for cell in server["catalog"]["digits"]:
+        assert re.fullmatch(r"\d", page.get_by_test_id(f"digit-result-{cell}").text_content()), cell
+    assert page.locator(".cell-card[aria-pressed=true]").get_attribute("data-variant") == server["defaults"]["digits"]
+    probs = page.locator("#digit-bars .bar-fill").evaluate_all(
+        "els => els.map(e => parseFloat(e.style.getPropertyValue('--p')))")
+    assert len(probs) == 10 and abs(sum(probs) - 1) < 0.01 and max(probs) == probs[7]
+    # Watch it read: the full heat map, then the scrubber moves the highlighted row.
+    assert page.locator("#watch").get_attribute("data-empty") == "false"
+    assert page.locator("#row-readout").text_content().startswith("After row 28 of 28: 7")
+    page.locator("#row-slider").fill("20")
+    assert page.locator("#row-readout").text_content().startswith("After row 20 of 28:")
+    assert "row 20" in page.locator("#row-slider").get_attribute("aria-valuetext")
+
+    desktop.shot("desktop-digits", desktop.panel("digits"))
+    page.evaluate("window.scrollTo(0, 0)")
+    path = desktop.shot("desktop")
+    if os.environ.get("RNNLAB_UPDATE_SCREENSHOT"):  # refresh the README's picture on demand only,
+        DOCS_SCREENSHOT.write_bytes(path.read_bytes())  # so `make test` leaves the tree clean
+    desktop.shot("desktop-full", full_page=True)
+    desktop.assert_clean()
+
+
+def test_live_prediction_is_throttled_and_play_walks_the_rows(desktop, server):
+    """While the pen moves, requests are spaced out with at most one live request in flight
+    (all cells only when a stroke ends), not one per pointer move."""
+    page = desktop.page
+    in_flight, peak, total = set(), [0], [0]
+
+    def started(req):
+        if "/predict/digit" in req.url:
+            in_flight.add(req)
+            total[0] += 1
+            peak[0] = max(peak[0], len(in_flight))
+
+    page.on("request", started)
+    page.on("requestfinished", lambda req: in_flight.discard(req))
+    page.on("requestfailed", lambda req: in_flight.discard(req))
+    moves = sum(len(stroke) for stroke in digit_paths(8)) * 2  # pointer moves: mouse.move(steps=2) per point
+    desktop.draw_with_mouse(8)
+    assert desktop.predicted_digit() == "8"
+    cells = len(server["catalog"]["digits"])
+    assert peak[0] <= cells, peak[0]
+    assert total[0] < moves / 2, (total[0], moves)
+    # Play animates the reading from row 1 to row 28, then stops by itself.
+    page.locator("#row-play").click()
+    assert page.locator("#row-play").get_attribute("aria-pressed") == "true"
+    page.wait_for_function("document.querySelector('#row-play').getAttribute('aria-pressed') === 'false'")
+    assert page.locator("#row-readout").text_content().startswith("After row 28 of 28: 8")
+    desktop.assert_clean()
+
+
+def test_compare_cells_switch_the_watched_model(desktop, server):
+    cells = server["catalog"]["digits"]
+    if len(cells) < 2:
+        pytest.skip("only one digit model is loaded")
+    page = desktop.page
+    desktop.draw_with_mouse(7)
+    desktop.predicted_digit()
+    other = next(c for c in cells if page.locator(f".cell-card[data-variant={c}]").get_attribute("aria-pressed") != "true")
+    page.locator(f".cell-card[data-variant={other}]").click()
+    assert desktop.predicted_digit() == "7"
+    assert page.locator(f".cell-card[data-variant={other}]").get_attribute("aria-pressed") == "true"
+    assert page.locator("#digit-meta").text_content().lower().startswith(other)
+    desktop.assert_clean()
+
+
+def test_captcha_panel(desktop, server):
+    page = desktop.page
+    panel = desktop.panel("captcha")
+    variants = server["catalog"].get("captcha", [])
+    if not variants:
+        # The server has no captcha model: the panel must say so, and offer no controls.
+        assert panel.get_attribute("data-state") == "unavailable"
+        assert page.get_by_test_id("captcha-unavailable").is_visible()
+        assert "not available" in page.get_by_test_id("captcha-unavailable").text_content()
+        assert not page.get_by_test_id("captcha-new").is_visible()
+        desktop.shot("desktop-captcha", panel)
+        desktop.assert_clean()
+        return
+    assert not page.get_by_test_id("captcha-unavailable").is_visible()
+    # A captcha file made by the server's generator, read by the API and by the page.
+    fresh = _get_json(server["url"] + "/captcha/new")
+    png = base64.b64decode(fresh["image"].split(",", 1)[1])
+    upload = ARTIFACTS / "captcha-upload.png"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    upload.write_bytes(png)
+    api = _post_file(server["url"] + "/predict/captcha", png)
+    page.get_by_test_id("captcha-file").set_input_files(str(upload))
+    assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+    shown = page.get_by_test_id("captcha-result").text_content()
+    assert shown == api["text"]  # the page shows exactly what the service decoded
+    assert len(shown) == 4 and _agreement(shown, fresh["text"]) >= 3, (shown, fresh["text"])
+    # Top-3 on hover of a character.
+    page.locator("[data-testid=captcha-result] .char").first.hover()
+    tip = page.locator("#captcha-tip")
+    assert tip.is_visible() and tip.locator("li").count() == 3
+
+    # Drag-and-drop of the same file onto the drop zone reads the same text.
+    page.get_by_test_id("captcha-result").evaluate("el => el.replaceChildren()")
+    transfer = page.evaluate_handle(
+        """b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                   const dt = new DataTransfer();
+                   dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+                   return dt; }""", base64.b64encode(png).decode())
+    page.locator("#captcha-drop").dispatch_event("drop", {"dataTransfer": transfer})
+    assert desktop.settle("captcha") == "ready"
+    assert page.get_by_test_id("captcha-result").text_content() == api["text"]
+
+    page.get_by_test_id("captcha-new").click()
+    assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+    truth = page.get_by_test_id("captcha-truth").text_content()
+    decoded = page.get_by_test_id("captcha-result").text_content()
+    assert re.fullmatch(r"[0-9a-z]{4}", truth) and len(decoded) == 4
+    assert _agreement(decoded, truth) >= 3, (decoded, truth)
+
+    if len(variants) > 1:  # the decoder switch re-reads the same captcha
+        other = next(v for v in variants if not page.get_by_test_id(f"captcha-model-{v}").is_checked())
+        page.get_by_test_id(f"captcha-model-{other}").click()  # the (transparent) radio over its label
+        assert desktop.settle("captcha") == "ready"
+        assert _agreement(page.get_by_test_id("captcha-result").text_content(), truth) >= 3
+        assert page.locator("#captcha-confidence").text_content().lower().startswith(other)
+    page.mouse.move(0, 0)
+    desktop.shot("desktop-captcha", panel)
+    desktop.assert_clean()
+
+
+def test_autoencoder_panel(desktop, server):
+    page = desktop.page
+    panel = desktop.panel("ae")
+    if not server["catalog"].get(AE_TASK):
+        assert panel.get_attribute("data-state") == "unavailable"
+        assert "not available" in page.get_by_test_id("ae-unavailable").text_content()
+        assert not page.get_by_test_id("ae-morph").is_visible()
+        desktop.shot("desktop-autoencoder", panel)
+        desktop.assert_clean()
+        return
+    desktop.draw_with_mouse(3)
+    desktop.predicted_digit()
+    assert desktop.settle("ae") == "ready", page.get_by_test_id("ae-error").text_content()
+    recon = page.get_by_test_id("ae-reconstruction")
+    assert recon.evaluate("img => img.complete && img.naturalWidth") == 28
+    assert recon.bounding_box()["width"] >= 28 * 4  # shown enlarged
+    latent = page.locator("#ae-latent .latent-bar").evaluate_all(
+        "els => els.map(e => parseFloat(e.style.getPropertyValue('--v')))")
+    assert len(latent) == 32 and max(abs(v) for v in latent) == pytest.approx(1.0, abs=1e-3)
+    # Morph from the drawing to an example 8 in 6 frames.
+    page.locator("#morph-slot-a button").click()
+    page.locator("#morph-slot-b select").select_option("8")
+    page.locator("#morph-steps").fill("6")
+    page.get_by_test_id("ae-morph").click()
+    page.wait_for_selector("#morph-player[data-empty=false]")
+    assert page.locator("#morph-strip img").count() == 6
+    assert page.locator("#morph-frame").evaluate("img => img.complete && img.naturalWidth") == 28
+    desktop.shot("desktop-autoencoder", panel)
+    desktop.assert_clean()
+
+
+def test_phone_layout_and_touch_drawing(phone, server):
+    page = phone.page
+    # Nothing sticks out sideways on a 390 px screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    phone.draw_with_touch(1)
+    assert phone.predicted_digit() == "1"
+    page.get_by_test_id("digit-clear").tap()
+    assert phone.settle("digits") == "empty"
+    phone.draw_with_touch(7)
+    assert phone.predicted_digit() == "7"
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    phone.shot("phone-digits", phone.panel("digits"))
+    for name in ("captcha", "ae"):
+        phone.panel(name).scroll_into_view_if_needed()
+        phone.shot(f"phone-{name}", phone.panel(name))
+    page.evaluate("window.scrollTo(0, 0)")
+    phone.shot("phone")
+    phone.shot("phone-full", full_page=True)
+    phone.assert_clean()
+
+
+def test_server_errors_and_missing_endpoints_are_shown_not_thrown(browser, server):
+    """Error paths, forced with request interception: the JSON error's message is shown, a 404
+    endpoint or a task missing from /models turns its panel off, and nothing throws."""
+    p = Page(browser, server["url"], DESKTOP)
+    page = p.page
+    message = "no ink found: the image is blank or has too little contrast"
+    page.route("**/predict/digit*", lambda route: route.fulfill(
+        status=422, content_type="application/json",
+        body=json.dumps({"error": {"code": "no_digit", "message": message}})))
+    page.route("**/predict/reconstruct*", lambda route: route.fulfill(
+        status=404, content_type="application/json",
+        body=json.dumps({"error": {"code": "not_found", "message": "Not Found"}})))
+
+    def without_captcha(route):
+        body = json.loads(route.fetch().text())
+        body["models"] = [m for m in body["models"] if m["task"] != "captcha"]
+        body["defaults"].pop("captcha", None)
+        if not any(m["task"] == AE_TASK for m in body["models"]):  # make the 404 path reachable
+            body["models"].append({"name": "autoencoder", "task": AE_TASK, "variant": "conv", "metrics": {}})
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/models", without_captcha)
+    p.open()
+    assert p.panel("captcha").get_attribute("data-state") == "unavailable"
+    p.draw_with_mouse(4)
+    assert p.settle("digits") == "error"
+    assert page.get_by_test_id("digit-error-message").text_content() == message
+    assert "no_digit" in page.get_by_test_id("digit-error").text_content()
+    assert p.settle("ae") == "unavailable"
+    assert "/predict/reconstruct" in page.get_by_test_id("ae-unavailable").text_content()
+    p.shot("desktop-errors", full_page=True)
+    # The browser logs each 4xx it was answered; those are the forced ones, nothing else.
+    p.assert_clean(allowed=("status of 422", "status of 404"))
+    p.close()
