@@ -15,6 +15,7 @@ from app.errors import install_error_handlers
 from app.observability import configure_logging, install_observability
 from app.registry import ModelRegistry
 from app.routers import digits, health
+from app.routers import reconstruct
 from app.settings import Settings, get_settings
 from models.device import resolve_device
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_observability(app, settings)  # X-Request-ID, JSON access log, GET /metrics
     app.include_router(health.router)
     app.include_router(digits.router)
+    app.include_router(reconstruct.router)
 
     index = settings.static_dir / "index.html"
 

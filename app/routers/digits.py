@@ -13,6 +13,7 @@ from app.batching import stack_batch
 from app.errors import UPLOAD_ERRORS, ApiError
 from app.imaging import decode_image, png_data_url
 from app.registry import LoadedModel
+from app.routers.reconstruct import canvas_typicality
 from app.uploads import read_images
 from models.preprocess import NoDigitError, canvas_to_image, digit_canvas, to_digit_tensor
 
@@ -43,6 +44,9 @@ class DigitPrediction(BaseModel):
     steps: list[list[float]] | None = Field(
         None, description="with steps=true: 28 rows x 10 probabilities, the answer after reading each row")
     input: str | None = Field(None, description="with echo=true: the exact 28x28 the model saw, as a PNG data URL")
+    typicality: float | None = Field(
+        None, ge=0, le=1, description="does this look like a digit? share of MNIST test digits the autoencoder "
+                                      "reconstructs worse (~0.5 typical, near 0 a scribble); absent without one")
 
 
 def _prepare(data: bytes, max_pixels: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -103,4 +107,5 @@ async def predict_digit(
         x, canvas = await pool.preprocess(_prepare, files["file"], settings.max_image_pixels)
         probs, step_probs = await slot.infer(x)
     prediction = _response(entry, probs, step_probs, canvas, steps, echo)
+    prediction.typicality = await canvas_typicality(request, canvas)  # app/routers/reconstruct.py
     return prediction
