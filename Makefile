@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+	# The app writes its own JSON access line per request (app/observability.py).
+	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -39,7 +39,8 @@ def main() -> None:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                "--port", str(port), "--log-level", "warning"], cwd=ROOT,
-                              env={**os.environ, "RNNLAB_DEVICE": "cpu"})
+                              env={**os.environ, "RNNLAB_DEVICE": "cpu", "RNNLAB_LOG_LEVEL": "warning"},
+                              stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=30) as client:
