@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision, fastapi; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
 	touch $(STAMP)
 
+# --no-access-log: the app writes its own JSON access line per request (app/observability.py).
 run: setup
-	# The app writes its own JSON access line per request (app/observability.py).
 	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 test: setup
