@@ -16,6 +16,7 @@ from app.observability import configure_logging, install_observability
 from app.registry import ModelRegistry
 from app.routers import digits, health
 from app.routers import reconstruct
+from app.routers import captcha
 from app.settings import Settings, get_settings
 from models.device import resolve_device
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(digits.router)
     app.include_router(reconstruct.router)
+    app.include_router(captcha.router)
 
     index = settings.static_dir / "index.html"
 

@@ -34,6 +34,7 @@ def build(task: str, architecture: dict) -> nn.Module:
 def _import_known_networks() -> None:
     # Importing a network module runs its `register(...)` call.
     from models import digits  # noqa: F401
+    from models import captcha_ctc, captcha_seq2seq  # noqa: F401
     from models import autoencoder  # noqa: F401
 
 

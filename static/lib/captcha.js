@@ -2,7 +2,7 @@
 // show each character's confidence with its top-3 on hover/focus, switch ctc / seq2seq.
 
 import { ApiError, dataUrlToBlob, getJSON, postFiles } from "./api.js";
-import { $, el, label, markUnavailable, pctNice, setPanelState, showError } from "./ui.js";
+import { $, el, label, markUnavailable, pct, pctNice, setPanelState, showError } from "./ui.js";
 
 const ORDER = ["ctc", "seq2seq"];
 
@@ -43,7 +43,7 @@ export function initCaptcha({ panel, catalog, announce }) {
   function describeModel() {
     const m = catalog.models.captcha[selected]?.metrics || {};
     const acc = typeof m.full_string_accuracy === "number"
-      ? ` · ${pctNice(m.full_string_accuracy)} of ${m.test_samples ? m.test_samples.toLocaleString("en") : "held-out"} test captchas read right`
+      ? ` · ${pct(m.full_string_accuracy, 2)} of ${m.test_samples ? m.test_samples.toLocaleString("en") : "held-out"} test captchas read right`
       : "";
     els.modelNote.textContent = `${DESCRIBE[selected] || selected}${acc}`;
   }

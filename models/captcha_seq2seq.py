@@ -1,0 +1,137 @@
+"""Captcha reader as sequence to sequence, the reference design: conv columns -> a GRU encoder
+reading the columns -> a second GRU that emits exactly 4 characters -> Linear(..., 36).
+
+The reference fed the decoder the encoder's last output, repeated 4 times (`attention=False`
+here). By default the decoder instead looks back at the encoded columns at each of its 4
+steps (additive attention, its previous state as the query): it then learns where each
+character sits instead of squeezing all four into one vector, and trains in far fewer
+samples. Decoding is a plain argmax per step: always 4 characters, no search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.captcha_common import (CAPTCHA_LENGTH, NUM_CHARS, CaptchaReading, ConvColumns, char_reading,
+                                   decode_label, init_gru, register_variant)
+
+
+@dataclass
+class CaptchaSeq2SeqConfig:
+    variant: str = "seq2seq"
+    height: int = 32
+    width: int = 96
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    encoder_hidden: int = 128  # per direction (the encoder is bidirectional)
+    encoder_layers: int = 1
+    decoder_hidden: int = 256
+    attention: bool = True
+    attention_size: int = 128
+    length: int = CAPTCHA_LENGTH
+    dropout: float = 0.0  # before the head (training only)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CaptchaSeq2Seq(nn.Module):
+    def __init__(self, config: CaptchaSeq2SeqConfig):
+        super().__init__()
+        if config.variant != "seq2seq":
+            raise ValueError(f"CaptchaSeq2Seq needs variant 'seq2seq', got {config.variant!r}")
+        self.config = config
+        self.conv = ConvColumns(config.channels, config.height, config.width)
+        self.encoder = nn.GRU(self.conv.features, config.encoder_hidden, num_layers=config.encoder_layers,
+                              batch_first=True, bidirectional=True)
+        enc = 2 * config.encoder_hidden
+        hid = config.decoder_hidden
+        if config.attention:
+            self.init_state = nn.Linear(enc, hid)
+            self.keys = nn.Linear(enc, config.attention_size, bias=False)
+            self.query = nn.Linear(hid, config.attention_size)
+            self.score = nn.Linear(config.attention_size, 1, bias=False)
+            # Step t's input: the attended columns plus a learned "which character" vector.
+            self.position = nn.Parameter(torch.randn(config.length, 32) * 0.1)
+            self.decoder = nn.GRUCell(enc + 32, hid)
+        else:
+            self.decoder = nn.GRU(enc, hid, batch_first=True)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(hid, NUM_CHARS)
+        init_gru(self.encoder)
+        init_gru(self.decoder)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, H, W) standardised image -> encoded columns (B, T, 2He), T = W/4."""
+        enc, _ = self.encoder(self.conv(x))
+        return enc
+
+    def emit(self, enc: torch.Tensor, return_attention: bool = False):
+        """Encoded columns (B, T, 2He) -> logits (B, 4, 36) (and attention (B, 4, T))."""
+        b, t, _ = enc.shape
+        if not self.config.attention:
+            last = enc[:, -1]  # (B, 2He): forward direction has read everything, backward its last column
+            out, _ = self.decoder(last.unsqueeze(1).expand(b, self.config.length, last.shape[-1]).contiguous())
+            logits = self.head(self.dropout(out))  # (B, 4, 36)
+            return (logits, None) if return_attention else logits
+        keys = self.keys(enc)  # (B, T, A)
+        h = torch.tanh(self.init_state(enc.mean(1)))  # (B, Hd)
+        steps, weights = [], []
+        for i in range(self.config.length):
+            scores = self.score(torch.tanh(keys + self.query(h).unsqueeze(1))).squeeze(-1)  # (B, T)
+            alpha = scores.softmax(-1)
+            context = torch.bmm(alpha.unsqueeze(1), enc).squeeze(1)  # (B, 2He)
+            h = self.decoder(torch.cat([context, self.position[i].expand(b, -1)], -1), h)
+            steps.append(h)
+            weights.append(alpha)
+        logits = self.head(self.dropout(torch.stack(steps, 1)))  # (B, 4, 36)
+        return (logits, torch.stack(weights, 1)) if return_attention else logits
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """x: (B, 1, H, W) standardised image -> logits (B, 4, 36); with `return_attention`
+        also the attention weights (B, 4, T) over the T = W/4 columns."""
+        return self.emit(self.encode(x), return_attention)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """targets: (B, 4) class indices 0..35."""
+        return F.cross_entropy(logits.reshape(-1, NUM_CHARS), targets.reshape(-1))
+
+    @torch.inference_mode()
+    def decode(self, logits: torch.Tensor) -> list[str]:
+        return [decode_label(row) for row in logits.argmax(-1).tolist()]
+
+    @torch.inference_mode()
+    def read(self, x: torch.Tensor) -> list[CaptchaReading]:
+        return read_seq2seq(self(x))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> str:
+        c = self.config
+        decoder = (f"GRU {c.decoder_hidden} with attention" if c.attention else f"GRU {c.decoder_hidden}")
+        return (f"4 conv blocks ({'-'.join(map(str, c.channels))}) on {c.height}x{c.width} grey -> BiGRU encoder "
+                f"{c.encoder_layers}x{c.encoder_hidden} over {self.conv.steps} columns -> {decoder}, 4 steps -> "
+                f"Linear({c.decoder_hidden}, 36)")
+
+
+def read_seq2seq(logits: torch.Tensor) -> list[CaptchaReading]:
+    """logits (B, 4, 36) -> readings: per position the argmax; the string's confidence is the
+    product of the 4 positions' probabilities."""
+    probs = logits.float().softmax(-1)
+    readings = []
+    for row in probs:
+        chars = [char_reading(p, int(p.argmax())) for p in row]
+        confidence = float(torch.tensor([c.confidence for c in chars]).prod())
+        readings.append(CaptchaReading("".join(c.char for c in chars), confidence, chars))
+    return readings
+
+
+def _build(architecture: dict) -> CaptchaSeq2Seq:
+    return CaptchaSeq2Seq(CaptchaSeq2SeqConfig(**architecture))
+
+
+register_variant("seq2seq", _build)
