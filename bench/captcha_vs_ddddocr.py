@@ -109,7 +109,9 @@ def main() -> None:
         path = Path(args.weights) / f"captcha_{variant}.json"
         if path.is_file():
             read, manifest = rnnlab_reader(path)
-            readers.append((f"rnnlab {variant} ({manifest['parameters'] / 1e6:.2f}M params)", read))
+            views = len(manifest["architecture"].get("test_time_shifts") or [])
+            readers.append((f"rnnlab {variant} ({manifest['parameters'] / 1e6:.2f}M params"
+                            f"{f', {views} shifted views' if views else ''})", read))
     try:
         read, version = ddddocr_reader(args.threads)
         readers.append((f"ddddocr {version} (default model)", read))

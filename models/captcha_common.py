@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CHARSET = "0123456789abcdefghijklmnopqrstuvwxyz"  # class i <-> CHARSET[i]
@@ -111,6 +112,16 @@ class ConvColumns(nn.Module):
         f = self.blocks(x)  # (B, C, H/16, W/4)
         b, c, h, w = f.shape
         return f.permute(0, 3, 1, 2).reshape(b, w, c * h)  # (B, T, C*H/16), columns left to right
+
+
+def shifted_views(x: torch.Tensor, shifts: list[list[int]] | list[tuple[int, int]]) -> torch.Tensor:
+    """x: (B, C, H, W) -> (S*B, C, H, W): x moved right by dx and down by dy pixels for each of
+    the S (dx, dy) in `shifts`, view-major; the edge pixels repeat into the gap."""
+    px = max(abs(int(dx)) for dx, _ in shifts)
+    py = max(abs(int(dy)) for _, dy in shifts)
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (px, px, py, py), mode="replicate")
+    return torch.cat([padded[..., py - dy:py - dy + h, px - dx:px - dx + w] for dx, dy in shifts])
 
 
 def init_gru(gru: nn.Module) -> None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.captcha_common import (CAPTCHA_LENGTH, NUM_CHARS, CaptchaReading, ConvColumns, char_reading,
-                                   decode_label, init_gru, register_variant)
+                                   decode_label, init_gru, register_variant, shifted_views)
 
 
 @dataclass
@@ -33,6 +33,9 @@ class CaptchaSeq2SeqConfig:
     attention_size: int = 128
     length: int = CAPTCHA_LENGTH
     dropout: float = 0.0  # before the head (training only)
+    # Inference only: (dx, dy) pixel shifts of the input whose log-probabilities `log_probs` and
+    # `read` average (test-time augmentation); empty = the image as is. Weights don't depend on it.
+    test_time_shifts: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,8 +107,18 @@ class CaptchaSeq2Seq(nn.Module):
         return [decode_label(row) for row in logits.argmax(-1).tolist()]
 
     @torch.inference_mode()
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, H, W) -> (B, 4, 36) log-probabilities; with `test_time_shifts`, the mean of
+        the S shifted views' log-probabilities (one batch of S*B), renormalised."""
+        shifts = self.config.test_time_shifts
+        if not shifts:
+            return self(x).float().log_softmax(-1)
+        views = self(shifted_views(x, shifts)).float().log_softmax(-1)  # (S*B, 4, 36)
+        return views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
+
+    @torch.inference_mode()
     def read(self, x: torch.Tensor) -> list[CaptchaReading]:
-        return read_seq2seq(self(x))
+        return read_seq2seq(self.log_probs(x))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -113,9 +126,10 @@ class CaptchaSeq2Seq(nn.Module):
     def describe(self) -> str:
         c = self.config
         decoder = (f"GRU {c.decoder_hidden} with attention" if c.attention else f"GRU {c.decoder_hidden}")
+        tta = f"; reads {len(c.test_time_shifts)} shifted copies and averages" if c.test_time_shifts else ""
         return (f"4 conv blocks ({'-'.join(map(str, c.channels))}) on {c.height}x{c.width} grey -> BiGRU encoder "
                 f"{c.encoder_layers}x{c.encoder_hidden} over {self.conv.steps} columns -> {decoder}, 4 steps -> "
-                f"Linear({c.decoder_hidden}, 36)")
+                f"Linear({c.decoder_hidden}, 36){tta}")
 
 
 def read_seq2seq(logits: torch.Tensor) -> list[CaptchaReading]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import WEIGHTS_DIR, png_bytes
-from models.captcha_common import CHARSET, build_captcha, decode_label, encode_label, score_texts
+from models.captcha_common import CHARSET, build_captcha, decode_label, encode_label, score_texts, shifted_views
 from models.captcha_ctc import BLANK, CaptchaCTC, CaptchaCTCConfig, greedy_collapse, read_ctc
 from models.captcha_seq2seq import CaptchaSeq2Seq, CaptchaSeq2SeqConfig, read_seq2seq
 from models.checkpoint import load_checkpoint, save_checkpoint
@@ -108,6 +109,38 @@ def test_seq2seq_always_emits_exactly_four():
         assert all(c.top3[0] == (c.char, pytest.approx(c.confidence)) for c in r.characters)
 
 
+def test_shifted_views_move_the_image_and_repeat_its_edges():
+    x = torch.arange(2 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5)
+    views = shifted_views(x, [[0, 0], [1, 0], [0, -1]])
+    assert views.shape == (6, 1, 4, 5)
+    torch.testing.assert_close(views[:2], x)  # view-major: the first B are the unshifted images
+    torch.testing.assert_close(views[2:4, ..., 1:], x[..., :-1])  # dx = 1: one pixel to the right ...
+    torch.testing.assert_close(views[2:4, ..., 0], x[..., 0])  # ... the left column repeated
+    torch.testing.assert_close(views[4:, :, :-1], x[:, :, 1:])  # dy = -1: one pixel up
+    torch.testing.assert_close(views[4:, :, -1], x[:, :, -1])
+
+
+def test_seq2seq_test_time_shifts_average_the_views():
+    torch.manual_seed(0)
+    model = small_seq2seq().eval()
+    x = torch.randn(3, 1, CAPTCHA_HEIGHT, CAPTCHA_WIDTH)
+    plain = model.log_probs(x)
+    torch.testing.assert_close(plain, model(x).log_softmax(-1))
+    model.config = replace(model.config, test_time_shifts=[[0, 0]])
+    torch.testing.assert_close(model.log_probs(x), plain, rtol=1e-5, atol=1e-5)
+    shifts = [[0, 0], [-2, 0], [2, 0]]
+    model.config = replace(model.config, test_time_shifts=shifts)
+    with torch.inference_mode():
+        views = model(shifted_views(x, shifts)).log_softmax(-1).view(3, 3, 4, 36)
+    averaged = model.log_probs(x)
+    torch.testing.assert_close(averaged, views.mean(0).log_softmax(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(averaged.exp().sum(-1), torch.ones(3, 4))
+    readings = model.read(x)
+    assert [r.text for r in readings] == model.decode(averaged)
+    assert all(len(r.characters) == 4 for r in readings)
+    assert "3 shifted copies" in model.describe()
+
+
 def test_labels_and_scores():
     assert encode_label("3Fk9") == [3, 15, 20, 9]
     assert decode_label(encode_label("aZ09")) == "az09"
@@ -158,7 +191,13 @@ def test_losses_train():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("make", [small_ctc, small_seq2seq], ids=["ctc", "seq2seq"])
+def small_seq2seq_tta() -> CaptchaSeq2Seq:
+    model = small_seq2seq()
+    model.config = replace(model.config, test_time_shifts=[[0, 0], [2, 0]])
+    return model
+
+
+@pytest.mark.parametrize("make", [small_ctc, small_seq2seq, small_seq2seq_tta], ids=["ctc", "seq2seq", "seq2seq-tta"])
 def test_checkpoint_round_trip(tmp_path, make):
     torch.manual_seed(0)
     model = make().eval()
@@ -171,6 +210,9 @@ def test_checkpoint_round_trip(tmp_path, make):
     x = torch.randn(2, 1, 32, 96)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    if isinstance(model, CaptchaSeq2Seq):
+        assert loaded.config == model.config
+        assert [r.text for r in loaded.read(x)] == [r.text for r in model.read(x)]
 
 
 def test_unknown_variant_is_refused():

@@ -38,3 +38,40 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
 
     with pytest.raises(SystemExit, match="--download"):
         main(["--data-root", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+
+
+def test_captcha_joint_runs_and_soup(tmp_path):
+    """Tiny captcha pipeline: a pool, a bf16 joint run, a second run branching from it, and the
+    soup that averages them; every export loads and the manifests add the compute up."""
+    from training.captcha import main as train
+    from training.captcha_data import write_pool
+    from training.captcha_soup import main as soup
+
+    pool = write_pool(tmp_path / "pool", count=96, seed=5, workers=1, chunk=48)
+    tiny = ["--variant", "joint", "--pool", str(pool), "--epochs", "1", "--epoch-samples", "64", "--batch-size", "32",
+            "--channels", "8", "8", "8", "8", "--hidden-size", "8", "--decoder-hidden", "16", "--val-samples", "16",
+            "--test-samples", "16", "--threads", "1", "--no-progress"]
+    first = train(tiny + ["--precision", "bf16", "--out", str(tmp_path / "a")])
+    assert [p.name for p in first] == ["captcha_ctc.json", "captcha_seq2seq.json"]
+    a = json.loads(first[1].read_text())
+    assert a["training"]["precision"].startswith("bf16") and a["training"]["samples_seen"] == 64
+    branch = ["--init", str(tmp_path / "a"), "--init-samples", "64", "--init-seconds", str(a["training"]["seconds"])]
+    train(tiny + branch + ["--seed", "1", "--out", str(tmp_path / "b")])
+    train(tiny + branch + ["--seed", "2", "--out", str(tmp_path / "c")])
+
+    soup(["--runs", str(tmp_path / "b"), str(tmp_path / "c"), "--pool", str(pool), "--out", str(tmp_path / "soup"),
+          "--pick", "average", "--val-samples", "16", "--test-samples", "16", "--bn-batches", "2", "--tta", "on",
+          "--tta-shifts", "0,0 2,0"])
+    for head in ("ctc", "seq2seq"):
+        model, manifest = load_checkpoint(tmp_path / "soup" / f"captcha_{head}.json")
+        assert model(torch.zeros(2, 1, 32, 96)).shape[0] == 2
+        training = manifest["training"]
+        assert training["samples_seen"] == 64 * 3  # the shared start once, then each branch
+        assert [r["seed"] for r in training["soup"]["runs"]] == [1, 2]
+        assert training["soup"]["started_from"]["samples_seen"] == 64
+        assert "history" not in training["soup"]["started_from"]
+        assert manifest["metrics"]["test_samples"] == 16
+    s2s, manifest = load_checkpoint(tmp_path / "soup" / "captcha_seq2seq.json")
+    assert s2s.config.test_time_shifts == [[0, 0], [2, 0]] == manifest["architecture"]["test_time_shifts"]
+    assert manifest["training"]["soup"]["test_time_shifts"]["used"] is True
+    assert "2 shifted copies" in manifest["description"]

@@ -97,7 +97,9 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, device, batch_size: 
         y = torch.as_tensor(np.asarray(labels[i:i + batch_size])).to(device)
         logits = model(x)
         loss_sum += model.loss(logits, y).item() * len(y)
-        preds += model.decode(logits)
+        # A seq2seq with test-time shifts is scored as it serves: on its averaged views.
+        tta = getattr(getattr(model, "config", None), "test_time_shifts", None)
+        preds += model.decode(model.log_probs(x) if tta else logits)
     truth = [decode_label(row) for row in np.asarray(labels)]
     scores = score_texts(preds, truth)
     scores["loss"] = loss_sum / len(images)
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
     parser.add_argument("--smoke", action="store_true", help="tiny run: 2 epochs of 256 fresh samples, 200 eval")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: autocast the forward pass (weights, optimizer and evaluation stay fp32); "
+                             "with channels-last convs ~2.5x faster on a CPU with AVX512-BF16")
     parser.add_argument("--out", default=str(REPO_ROOT / "models" / "weights"), help="output folder")
     parser.add_argument("--name", help="output name (default captcha_<variant>)")
     parser.add_argument("--snapshot", action="store_true", help="also save the weights after every epoch")
@@ -239,7 +244,8 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = build_model(args.variant, args).to(device)
+    # channels-last: oneDNN's fast conv/pool layout on CPU (and tensor cores on CUDA); same numbers.
+    model = build_model(args.variant, args).to(device, memory_format=torch.channels_last)
     name = args.name or f"captcha_{args.variant}"  # joint: exports captcha_ctc and captcha_seq2seq
     names = {h: (args.name + (f"_{h}" if args.variant == "joint" else "") if args.name else f"captcha_{h}")
              for h in heads_of(model, args.variant)}
@@ -314,8 +320,12 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
             pixels, y = source.next()  # uint8 (B, H, W), int64 (B, 4)
             if augment:
                 pixels = random_shift(pixels.float().unsqueeze(1), gen).squeeze(1)
-            x, y = to_captcha_tensor(pixels).to(device), y.to(device)
-            loss = model.loss(model(x), y)
+            x = to_captcha_tensor(pixels).to(device).contiguous(memory_format=torch.channels_last)  # (B, 1, H, W)
+            y = y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                outputs = model(x)
+            outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+            loss = model.loss(outputs, y)  # losses in fp32
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -400,6 +410,8 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
                 "seed": args.seed, "val_seed": args.val_seed, "batch_size": args.batch_size,
                 "optimizer": f"AdamW(wd={args.weight_decay}) + one-cycle(max_lr={args.lr}, cosine"
                              f"{', on wall-clock time' if budget else ''})", "grad_clip": args.clip,
+                "precision": ("bf16 autocast forward, fp32 weights/optimizer/evaluation" if args.precision == "bf16"
+                              else "fp32"),
                 "device": str(device), "threads": torch.get_num_threads(), "machine": platform.machine(),
                 "history": history,
             },

@@ -7,7 +7,7 @@ the held-out test captchas and exported.
 
 Each run folder holds captcha_ctc.* and captcha_seq2seq.* from one `--variant joint` run (so
 both readers share their conv + encoder). Averaging is only meaningful for runs that share a
-starting point (here: `--init` from the other run's snapshot), and BatchNorm's running
+starting point (`--init` from one snapshot or exported soup), and BatchNorm's running
 statistics are re-estimated on pool captchas after averaging. The choice uses the validation
 seed only; the test seed is read once, for the chosen weights.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,23 @@ def load_joint_like(joint: JointCaptcha) -> JointCaptcha:
     return fresh.eval()
 
 
+def init_lineage(init_dir: str | None, head: str) -> dict | None:
+    """What the shared starting checkpoint was (its manifest's training, minus per-epoch
+    history), so a soup of soups still tells its whole story."""
+    path = Path(init_dir) / f"captcha_{head}.json" if init_dir else None
+    if path is None or not path.is_file():
+        return None
+    import json
+
+    training = json.loads(path.read_text())["training"]
+
+    def trim(d: dict) -> dict:
+        return {k: (trim(v) if isinstance(v, dict) else [trim(r) for r in v] if k == "runs" else v)
+                for k, v in d.items() if k != "history"}
+
+    return {"from": init_dir, **trim(training)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True)
@@ -75,9 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--val-samples", type=int, default=2000)
+    parser.add_argument("--test-samples", type=int, default=2000)
     parser.add_argument("--bn-batches", type=int, default=200)
     parser.add_argument("--pick", choices=["auto", "average"], default="auto",
                         help="auto: the best on validation; average: the average regardless")
+    parser.add_argument("--tta", choices=["auto", "on", "off"], default="off",
+                        help="seq2seq test-time shifts for the exported average: auto = only if they read more "
+                             "validation captchas right")
+    parser.add_argument("--tta-shifts", default="0,0 -2,0 2,0 0,-1 0,1", help="(dx,dy) pixel shifts, space-separated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -114,15 +137,35 @@ def main(argv: list[str] | None = None) -> None:
         print(f"copied {best}'s exports to {out}")
         return
 
-    test_x, test_y, _ = generate_arrays(2000, TEST_SEED, h, w)
+    tta_info = None
+    if args.tta != "off":
+        s2s = candidates["average"].seq2seq
+        shifts = [[int(v) for v in pair.split(",")] for pair in args.tta_shifts.split()]
+        s2s.config = replace(s2s.config, test_time_shifts=shifts)
+        with_tta = evaluate(s2s, val_x, val_y, "cpu")
+        plain = scores["average"]["seq2seq"]
+        used = args.tta == "on" or with_tta["full_string_accuracy"] > plain["full_string_accuracy"]
+        print(f"val average seq2seq with {len(shifts)} shifted views: full {with_tta['full_string_accuracy']:.2%} "
+              f"(without {plain['full_string_accuracy']:.2%}) -> {'used' if used else 'not used'}", flush=True)
+        if not used:
+            s2s.config = replace(s2s.config, test_time_shifts=[])
+        tta_info = {"shifts": shifts, "used": used, "val_full_string_accuracy_with": round(
+            with_tta["full_string_accuracy"], 5), "val_full_string_accuracy_without": round(
+            plain["full_string_accuracy"], 5)}
+
+    test_x, test_y, _ = generate_arrays(args.test_samples, TEST_SEED, h, w)
     base = loaded[-1][1]  # the last run's manifests (the branch), amended below
+    # Read before anything is written: --out may be the folder the runs started from.
+    lineage = {head: init_lineage((base[head]["training"].get("init") or {}).get("from"), head) for head in HEADS}
     for head, net in candidates["average"].heads.items():
         test = evaluate(net, test_x, test_y, "cpu")
         manifest = {k: v for k, v in base[head].items() if k not in ("name", "weights")}
+        manifest["architecture"], manifest["description"] = net.config.to_dict(), net.describe()
         manifest["metrics"] = {**manifest["metrics"],
                                "full_string_accuracy": round(test["full_string_accuracy"], 5),
                                "char_accuracy": round(test["char_accuracy"], 5),
                                "test_loss": round(test["loss"], 5),
+                               "test_samples": args.test_samples,
                                "test_errors": [f"{t}->{p}" for t, p in test["errors"][:50]]}
         # Per run: its own settings and figures (the manifests of `training.captcha`).
         run_keys = ("samples_seen", "seconds", "epochs", "init", "seed", "optimizer", "minutes_budget", "history")
@@ -137,12 +180,20 @@ def main(argv: list[str] | None = None) -> None:
             **common,
             "joint": "both readers trained together: shared conv + encoder, loss = seq2seq cross-entropy + CTC; "
                      "samples and seconds are shared by the two",
-            "soup": {"how": f"uniform average of the runs' final weights (the last run branched from the first "
-                            f"one's snapshot), BatchNorm statistics re-estimated on {args.bn_batches} pool batches; "
+            "soup": {"how": f"uniform average of the final weights of runs that branched from one checkpoint, "
+                            f"BatchNorm statistics re-estimated on {args.bn_batches} pool batches; "
                             "chosen over each run alone on the validation captchas; samples and seconds add up "
                             "the runs (they ran side by side, one core each), the shared start counted once",
-                     "runs": runs_info},
+                     "runs": runs_info,
+                     "validation": {name: {h: {"full_string_accuracy": round(sc[h]["full_string_accuracy"], 5),
+                                               "char_accuracy": round(sc[h]["char_accuracy"], 5)} for h in HEADS}
+                                    for name, sc in scores.items()},
+                     "val_samples": args.val_samples},
         }
+        if head == "seq2seq" and tta_info:
+            manifest["training"]["soup"]["test_time_shifts"] = tta_info
+        if lineage[head]:
+            manifest["training"]["soup"]["started_from"] = lineage[head]
         print(f"{head} average test: full-string {test['full_string_accuracy']:.2%} per-char "
               f"{test['char_accuracy']:.3%}", flush=True)
         save_checkpoint(net, manifest, out, f"captcha_{head}")
