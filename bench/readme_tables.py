@@ -78,17 +78,17 @@ def _stage(soup: dict) -> str:
         start = "from scratch" if not run.get("init") else f"from a checkpoint at {run['init']['samples_seen']:,} samples"
         runs.append(f"seed {run['seed']} {start}, peak lr {lr.group(1) if lr else '?'}: {samples:,} samples in "
                     f"{seconds / 60:.0f} min")
-    val = soup.get("validation")
+    val, chosen = soup.get("validation"), soup.get("chosen", "average")
     picked = ""
-    if val:
-        avg = val.get("average")
-        alone = [v for k, v in val.items() if k != "average"]
-        if avg and alone:
-            picked = (f"; on the validation captchas the average read seq2seq {avg['seq2seq']['full_string_accuracy']:.2%}"
-                      f" / ctc {avg['ctc']['full_string_accuracy']:.2%}, the runs alone "
-                      + ", ".join(f"{a['seq2seq']['full_string_accuracy']:.2%} / {a['ctc']['full_string_accuracy']:.2%}"
-                                  for a in alone))
-    return "; ".join(runs) + "; then their weights averaged" + picked
+    if val and val.get("average"):
+        full = lambda v: f"{v['seq2seq']['full_string_accuracy']:.2%} / {v['ctc']['full_string_accuracy']:.2%}"  # noqa: E731
+        alone = ", ".join(f"seed {r['seed']} {full(val[r['run']])}" for r in soup["runs"] if r["run"] in val)
+        picked = (f" (validation, {soup.get('val_samples', 2000):,} captchas, seq2seq / ctc full string: average "
+                  f"{full(val['average'])}; runs alone {alone})")
+    if chosen == "average":
+        return "; ".join(runs) + "; then their weights averaged" + picked
+    seed = next(r["seed"] for r in soup["runs"] if r["run"] == chosen)
+    return "; ".join(runs) + f"; the run with seed {seed} alone read best and is kept as is" + picked
 
 
 def render_captcha() -> str:

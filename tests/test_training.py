@@ -75,3 +75,12 @@ def test_captcha_joint_runs_and_soup(tmp_path):
     assert s2s.config.test_time_shifts == [[0, 0], [2, 0]] == manifest["architecture"]["test_time_shifts"]
     assert manifest["training"]["soup"]["test_time_shifts"]["used"] is True
     assert "2 shifted copies" in manifest["description"]
+
+    # --pick auto may keep one run as it is: exported the same way, with that run's own lineage.
+    soup(["--runs", str(tmp_path / "b"), str(tmp_path / "c"), "--pool", str(pool), "--out", str(tmp_path / "auto"),
+          "--val-samples", "16", "--test-samples", "16", "--bn-batches", "2"])
+    _, manifest = load_checkpoint(tmp_path / "auto" / "captcha_seq2seq.json")
+    chosen = manifest["training"]["soup"]["chosen"]
+    assert chosen in (str(tmp_path / "b"), str(tmp_path / "c"), "average")
+    assert set(manifest["training"]["soup"]["validation"]) == {str(tmp_path / "b"), str(tmp_path / "c"), "average"}
+    assert manifest["training"]["samples_seen"] == (64 * 3 if chosen == "average" else 64 * 2)

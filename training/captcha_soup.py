@@ -128,24 +128,16 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if best != "average":
-        for head in HEADS:
-            for suffix in (".json", ".safetensors", "_curve.png"):
-                src = Path(best) / f"captcha_{head}{suffix}"
-                if src.is_file():
-                    shutil.copy(src, out / src.name)
-        print(f"copied {best}'s exports to {out}")
-        return
-
+    chosen = candidates[best]
     tta_info = None
     if args.tta != "off":
-        s2s = candidates["average"].seq2seq
+        s2s = chosen.seq2seq
         shifts = [[int(v) for v in pair.split(",")] for pair in args.tta_shifts.split()]
         s2s.config = replace(s2s.config, test_time_shifts=shifts)
         with_tta = evaluate(s2s, val_x, val_y, "cpu")
-        plain = scores["average"]["seq2seq"]
+        plain = scores[best]["seq2seq"]
         used = args.tta == "on" or with_tta["full_string_accuracy"] > plain["full_string_accuracy"]
-        print(f"val average seq2seq with {len(shifts)} shifted views: full {with_tta['full_string_accuracy']:.2%} "
+        print(f"val {best} seq2seq with {len(shifts)} shifted views: full {with_tta['full_string_accuracy']:.2%} "
               f"(without {plain['full_string_accuracy']:.2%}) -> {'used' if used else 'not used'}", flush=True)
         if not used:
             s2s.config = replace(s2s.config, test_time_shifts=[])
@@ -154,10 +146,11 @@ def main(argv: list[str] | None = None) -> None:
             plain["full_string_accuracy"], 5)}
 
     test_x, test_y, _ = generate_arrays(args.test_samples, TEST_SEED, h, w)
-    base = loaded[-1][1]  # the last run's manifests (the branch), amended below
+    # The chosen run's manifests (for the average: the last run's), amended below.
+    base = loaded[[str(r) for r in runs].index(best)][1] if best != "average" else loaded[-1][1]
     # Read before anything is written: --out may be the folder the runs started from.
     lineage = {head: init_lineage((base[head]["training"].get("init") or {}).get("from"), head) for head in HEADS}
-    for head, net in candidates["average"].heads.items():
+    for head, net in chosen.heads.items():
         test = evaluate(net, test_x, test_y, "cpu")
         manifest = {k: v for k, v in base[head].items() if k not in ("name", "weights")}
         manifest["architecture"], manifest["description"] = net.config.to_dict(), net.describe()
@@ -171,33 +164,44 @@ def main(argv: list[str] | None = None) -> None:
         run_keys = ("samples_seen", "seconds", "epochs", "init", "seed", "optimizer", "minutes_budget", "history")
         runs_info = [{"run": str(r), **{k: m[head]["training"].get(k) for k in run_keys}}
                      for r, (_, m) in zip(runs, loaded)]
-        # Compute behind the average: every run's own samples/seconds, the shared start counted once.
-        shared = base[head]["training"].get("init") or {"samples_seen": 0, "seconds": 0}
-        common = {k: v for k, v in base[head]["training"].items() if k not in run_keys}
-        manifest["training"] = {
-            "samples_seen": sum(r["samples_seen"] for r in runs_info) - shared["samples_seen"],
-            "seconds": round(sum(r["seconds"] for r in runs_info) - shared["seconds"], 1),
-            **common,
-            "joint": "both readers trained together: shared conv + encoder, loss = seq2seq cross-entropy + CTC; "
-                     "samples and seconds are shared by the two",
-            "soup": {"how": f"uniform average of the final weights of runs that branched from one checkpoint, "
-                            f"BatchNorm statistics re-estimated on {args.bn_batches} pool batches; "
-                            "chosen over each run alone on the validation captchas; samples and seconds add up "
-                            "the runs (they ran side by side, one core each), the shared start counted once",
-                     "runs": runs_info,
-                     "validation": {name: {h: {"full_string_accuracy": round(sc[h]["full_string_accuracy"], 5),
-                                               "char_accuracy": round(sc[h]["char_accuracy"], 5)} for h in HEADS}
-                                    for name, sc in scores.items()},
-                     "val_samples": args.val_samples},
-        }
+        validation = {name: {h: {"full_string_accuracy": round(sc[h]["full_string_accuracy"], 5),
+                                 "char_accuracy": round(sc[h]["char_accuracy"], 5)} for h in HEADS}
+                      for name, sc in scores.items()}
+        selection = {"runs": runs_info, "validation": validation, "val_samples": args.val_samples, "chosen": best}
+        if best == "average":
+            # Compute behind the average: every run's own samples/seconds, the shared start counted once.
+            shared = base[head]["training"].get("init") or {"samples_seen": 0, "seconds": 0}
+            common = {k: v for k, v in base[head]["training"].items() if k not in run_keys}
+            manifest["training"] = {
+                "samples_seen": sum(r["samples_seen"] for r in runs_info) - shared["samples_seen"],
+                "seconds": round(sum(r["seconds"] for r in runs_info) - shared["seconds"], 1),
+                **common,
+                "joint": "both readers trained together: shared conv + encoder, loss = seq2seq cross-entropy + CTC; "
+                         "samples and seconds are shared by the two",
+                "soup": {"how": f"uniform average of the final weights of runs that branched from one checkpoint, "
+                                f"BatchNorm statistics re-estimated on {args.bn_batches} pool batches; "
+                                "chosen over each run alone on the validation captchas; samples and seconds add up "
+                                "the runs (they ran side by side, one core each), the shared start counted once",
+                         **selection},
+            }
+        else:
+            # One run's weights as they are: its own figures (they include its starting checkpoint's).
+            manifest["training"] = {**base[head]["training"], "soup": {
+                "how": "each run's final weights and their uniform average (BatchNorm re-estimated) were read on the "
+                       "validation captchas; this run alone read best, so its weights are exported as they are; "
+                       "samples and seconds are this run's lineage only",
+                **selection}}
         if head == "seq2seq" and tta_info:
             manifest["training"]["soup"]["test_time_shifts"] = tta_info
         if lineage[head]:
             manifest["training"]["soup"]["started_from"] = lineage[head]
-        print(f"{head} average test: full-string {test['full_string_accuracy']:.2%} per-char "
+        print(f"{head} {best} test: full-string {test['full_string_accuracy']:.2%} per-char "
               f"{test['char_accuracy']:.3%}", flush=True)
         save_checkpoint(net, manifest, out, f"captcha_{head}")
-    print(f"wrote the averaged weights to {out}")
+        curve = (Path(best) if best != "average" else runs[-1]) / f"captcha_{head}_curve.png"
+        if curve.is_file():
+            shutil.copy(curve, out / curve.name)
+    print(f"wrote {best}'s weights to {out}")
 
 
 if __name__ == "__main__":
