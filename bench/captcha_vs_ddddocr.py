@@ -4,7 +4,8 @@
 
 Draws `count` captchas from the seeded generator (the default seed is the manifests' held-out
 test seed, never trained on), encodes each as PNG once, and has every reader answer each PNG
-one at a time: bytes -> decode -> preprocess -> forward -> text. Prints a markdown table of
+one at a time: bytes -> decode -> preprocess -> forward -> text (the served path, the
+seq2seq reader's o/0 glyph net included). Prints a markdown table of
 full-string accuracy, per-character accuracy (1 - edit distance / 4) and mean latency per
 image. Case is ignored for everyone (ddddocr answers in mixed case). Both runtimes get the
 same number of CPU threads (--threads). ddddocr is optional (`pip install ddddocr`, the dev
@@ -38,10 +39,15 @@ def rnnlab_reader(json_path: Path):
     model, manifest = load_checkpoint(json_path, "cpu")
     h, w = manifest["input"]["height"], manifest["input"]["width"]
 
+    full_spec = manifest["input"].get("full_resolution")  # the seq2seq reader's o/0 glyph net
+
     def read(png: bytes) -> str:
         with Image.open(io.BytesIO(png)) as img:
             x = to_captcha_tensor(captcha_pixels(img, h, w))
-        return model.read(x)[0].text
+            if full_spec is None:
+                return model.read(x)[0].text
+            full = torch.from_numpy(captcha_pixels(img, full_spec["height"], full_spec["width"]))[None]
+        return model.read(x, full=full)[0].text
 
     return read, manifest
 
@@ -111,7 +117,8 @@ def main() -> None:
             read, manifest = rnnlab_reader(path)
             views = len(manifest["architecture"].get("test_time_shifts") or [])
             readers.append((f"rnnlab {variant} ({manifest['parameters'] / 1e6:.2f}M params"
-                            f"{f', {views} shifted views' if views else ''})", read))
+                            f"{f', {views} shifted views' if views else ''}"
+                            f"{', o/0 glyph net' if manifest['architecture'].get('o0') else ''})", read))
     try:
         read, version = ddddocr_reader(args.threads)
         readers.append((f"ddddocr {version} (default model)", read))

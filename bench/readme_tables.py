@@ -91,6 +91,15 @@ def _stage(soup: dict) -> str:
     return "; ".join(runs) + f"; the run with seed {seed} alone read best and is kept as is" + picked
 
 
+def _glyph_parameters(config: dict) -> int:
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from models.captcha_o0 import O0GlyphConfig, O0GlyphNet
+
+    return sum(p.numel() for p in O0GlyphNet(O0GlyphConfig(**config)).parameters())
+
+
 def render_captcha() -> str:
     manifests = {v: json.loads((WEIGHTS / f"captcha_{v}.json").read_text()) for v in ("seq2seq", "ctc")}
     default = max(manifests, key=lambda v: manifests[v]["metrics"]["full_string_accuracy"])
@@ -100,14 +109,22 @@ def render_captcha() -> str:
              "o/0: misreads whose only wrong characters are o and 0):", "",
              "| model | parameters | full-string accuracy | per-char accuracy | misreads | of them o/0 |",
              "|---|---:|---:|---:|---:|---:|"]
+    def row(name: str, parameters: int, met: dict, bold: bool) -> str:
+        errors = [e.split("->") for e in met.get("test_errors", [])]
+        wrong = round((1 - met["full_string_accuracy"]) * manifests[default]["metrics"]["test_samples"])
+        o0 = sum(_is_o0(t, r) for t, r in errors)
+        full = f"**{met['full_string_accuracy']:.2%}**" if bold else f"{met['full_string_accuracy']:.2%}"
+        return f"| {name} | {parameters:,} | {full} | {met['char_accuracy']:.2%} | {wrong} | {o0} |"
+
+    glyph = manifests["seq2seq"]["architecture"].get("o0")
     for v in sorted(manifests, key=lambda v: v != default):
         m, met = manifests[v], manifests[v]["metrics"]
-        errors = [e.split("->") for e in met.get("test_errors", [])]
-        wrong = round((1 - met["full_string_accuracy"]) * met["test_samples"])
-        o0 = sum(_is_o0(t, r) for t, r in errors)
-        name = f"`{v}`" + (" (served default)" if v == default else "")
-        full = f"**{met['full_string_accuracy']:.2%}**" if v == default else f"{met['full_string_accuracy']:.2%}"
-        lines.append(f"| {name} | {m['parameters']:,} | {full} | {met['char_accuracy']:.2%} | {wrong} | {o0} |")
+        with_glyph = " with the o/0 glyph net" if v == "seq2seq" and glyph else ""
+        lines.append(row(f"`{v}`{with_glyph}" + (" (served default)" if v == default else ""), m["parameters"], met,
+                         v == default))
+        if v == "seq2seq" and glyph and "reader_alone" in met:
+            lines.append(row("`seq2seq` reader alone", m["parameters"] - _glyph_parameters(glyph), met["reader_alone"],
+                             False))
     s2s = manifests["seq2seq"]["metrics"]["full_string_accuracy"]
     top = manifests[default]["metrics"]["full_string_accuracy"]
     verdict = lambda got, want: "met" if got >= want else "**not met**"  # noqa: E731
@@ -121,6 +138,22 @@ def render_captcha() -> str:
                   "(one batch), and averages the log-probabilities: chosen on the validation captchas, where it read "
                   f"{tta['val_full_string_accuracy_with']:.2%} against {tta['val_full_string_accuracy_without']:.2%} "
                   "for one view."]
+    o0 = manifests["seq2seq"]["training"].get("o0")
+    if glyph and o0:
+        data, data_val, val = o0["data"]["train"], o0["data"]["validation"], o0["validation"]
+        errs = o0["validation_window_errors"]
+        lines += ["", f"The `seq2seq` reader hands every character it reads as o or 0 to a second, small CNN "
+                  f"({_glyph_parameters(glyph):,} parameters, `models/captcha_o0.py`) that looks at a {glyph['width']} px "
+                  f"wide, full-height window of the 160x60 image itself, centred where the reader's attention for that "
+                  f"character centres; the two log-odds of 0 against o are combined as {glyph['mix'][0]:.2f} x glyph net "
+                  f"+ {glyph['mix'][1]:.2f} x reader (fitted on validation windows). It was trained on {o0['windows']:,} "
+                  f"such windows cut from {data['count']:,} captchas where each character is o, O or 0 with probability "
+                  f"{data['o0_share']:.0%} ({o0['epochs']} epochs, {o0['samples_seen']:,} samples, "
+                  f"{o0['seconds'] / 60:.0f} min on 2 threads, cutting the windows included). Of the validation o/0 "
+                  f"characters the reader answered o or 0 ({data_val['count']:,} captchas, seed {data_val['seed']}), the "
+                  f"reader got {errs['reader']:,} wrong, the glyph net alone {errs['glyph']:,}, the two combined "
+                  f"{errs['mix']:,}; on {o0['val_samples']:,} ordinary validation captchas the full-string accuracy goes "
+                  f"from {val['alone']:.2%} to {val['with_o0']:.2%}."]
     t = manifests[default]["training"]
     stages, soup = [], t.get("soup")
     while soup:

@@ -6,6 +6,11 @@ here). By default the decoder instead looks back at the encoded columns at each 
 steps (additive attention, its previous state as the query): it then learns where each
 character sits instead of squeezing all four into one vector, and trains in far fewer
 samples. Decoding is a plain argmax per step: always 4 characters, no search.
+
+Optionally (`o0` in the config) the reader carries a second, small net for its most common
+confusion, o against 0 (models/captcha_o0.py): `read(x, full=...)` shows it the full-resolution
+image around each character the reader read as o or 0, centred where the reader's attention
+for that character centres.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from torch import nn
 
 from models.captcha_common import (CAPTCHA_LENGTH, NUM_CHARS, CaptchaReading, ConvColumns, char_reading,
                                    decode_label, init_gru, register_variant, shifted_views)
+from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, attention_centres, cut_windows,
+                               mix_o0)
 
 
 @dataclass
@@ -36,6 +43,9 @@ class CaptchaSeq2SeqConfig:
     # Inference only: (dx, dy) pixel shifts of the input whose log-probabilities `log_probs` and
     # `read` average (test-time augmentation); empty = the image as is. Weights don't depend on it.
     test_time_shifts: list[list[int]] = field(default_factory=list)
+    # The o/0 glyph net's config (an O0GlyphConfig as a dict); None = the reader alone. Needs
+    # attention (its windows are centred by it) and `read(x, full=...)` to be used.
+    o0: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +76,9 @@ class CaptchaSeq2Seq(nn.Module):
         self.head = nn.Linear(hid, NUM_CHARS)
         init_gru(self.encoder)
         init_gru(self.decoder)
+        if config.o0 is not None and not config.attention:
+            raise ValueError("the o/0 glyph net needs attention (its windows are centred by it)")
+        self.o0 = O0GlyphNet(O0GlyphConfig(**config.o0)) if config.o0 is not None else None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 1, H, W) standardised image -> encoded columns (B, T, 2He), T = W/4."""
@@ -107,18 +120,50 @@ class CaptchaSeq2Seq(nn.Module):
         return [decode_label(row) for row in logits.argmax(-1).tolist()]
 
     @torch.inference_mode()
-    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def log_probs(self, x: torch.Tensor, return_attention: bool = False):
         """x: (B, 1, H, W) -> (B, 4, 36) log-probabilities; with `test_time_shifts`, the mean of
-        the S shifted views' log-probabilities (one batch of S*B), renormalised."""
+        the S shifted views' log-probabilities (one batch of S*B), renormalised. With
+        `return_attention` also the attention (B, 4, T) on the unshifted image."""
         shifts = self.config.test_time_shifts
         if not shifts:
-            return self(x).float().log_softmax(-1)
-        views = self(shifted_views(x, shifts)).float().log_softmax(-1)  # (S*B, 4, 36)
-        return views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
+            logits, attention = self(x, return_attention=True)
+            lp = logits.float().log_softmax(-1)
+            return (lp, attention) if return_attention else lp
+        logits, attention = self(shifted_views(x, shifts), return_attention=True)  # (S*B, 4, 36), (S*B, 4, T)
+        views = logits.float().log_softmax(-1)
+        lp = views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
+        if not return_attention:
+            return lp
+        as_ints = [[int(dx), int(dy)] for dx, dy in shifts]
+        if [0, 0] not in as_ints:  # no unshifted view among the shifts: look at the image as is once more
+            return lp, self(x, return_attention=True)[1]
+        b, plain = x.shape[0], as_ints.index([0, 0])
+        return lp, attention[plain * b:(plain + 1) * b]
 
     @torch.inference_mode()
-    def read(self, x: torch.Tensor) -> list[CaptchaReading]:
-        return read_seq2seq(self.log_probs(x))
+    def refine_o0(self, log_probs: torch.Tensor, attention: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        """log_probs (B, 4, 36), attention (B, 4, T), full (B, 60, 160) grey image at the
+        generator's resolution -> log_probs with o against 0 decided again by the glyph net
+        wherever the reader's answer is o or 0."""
+        top = log_probs.argmax(-1)  # (B, 4)
+        apply = (top == INDEX_O) | (top == INDEX_ZERO)
+        if self.o0 is None or not bool(apply.any()):
+            return log_probs
+        centres = attention_centres(attention, self.config.width, full.shape[-1])  # (B, 4) x in full pixels
+        windows = cut_windows(full, centres, self.o0.config.width)  # (B*4, 1, 60, 48)
+        glyph = torch.zeros(apply.numel(), device=log_probs.device)
+        glyph[apply.flatten()] = self.o0(windows[apply.flatten()]).float()
+        return mix_o0(log_probs, glyph.view_as(top), apply, self.o0.config.mix)
+
+    @torch.inference_mode()
+    def read(self, x: torch.Tensor, full: torch.Tensor | None = None) -> list[CaptchaReading]:
+        """x: (B, 1, H, W) reader input; full: (B, 60, 160) grey pixels of the same images at the
+        generator's size, for the o/0 glyph net (ignored without one; without `full` the
+        reader answers alone)."""
+        if self.o0 is None or full is None:
+            return read_seq2seq(self.log_probs(x))
+        lp, attention = self.log_probs(x, return_attention=True)
+        return read_seq2seq(self.refine_o0(lp, attention, full.to(x.device)))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -127,6 +172,8 @@ class CaptchaSeq2Seq(nn.Module):
         c = self.config
         decoder = (f"GRU {c.decoder_hidden} with attention" if c.attention else f"GRU {c.decoder_hidden}")
         tta = f"; reads {len(c.test_time_shifts)} shifted copies and averages" if c.test_time_shifts else ""
+        if c.o0 is not None:
+            tta += "; o vs 0 decided again by a glyph CNN on the full-resolution image"
         return (f"4 conv blocks ({'-'.join(map(str, c.channels))}) on {c.height}x{c.width} grey -> BiGRU encoder "
                 f"{c.encoder_layers}x{c.encoder_hidden} over {self.conv.steps} columns -> {decoder}, 4 steps -> "
                 f"Linear({c.decoder_hidden}, 36){tta}")

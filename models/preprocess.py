@@ -145,6 +145,10 @@ def canvas_to_image(canvas: np.ndarray, scale: int = 1) -> Image.Image:
 # standardisation removes that contrast spread (and a user's different colours) up front.
 CAPTCHA_HEIGHT = 32
 CAPTCHA_WIDTH = 96
+# The generator's own size. The seq2seq reader's o/0 glyph net looks at the image at this
+# resolution (through `captcha_pixels` too, so it sees exactly what training saw).
+CAPTCHA_FULL_HEIGHT = 60
+CAPTCHA_FULL_WIDTH = 160
 
 
 def captcha_pixels(image: Image.Image, height: int = CAPTCHA_HEIGHT, width: int = CAPTCHA_WIDTH) -> np.ndarray:

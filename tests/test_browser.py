@@ -344,6 +344,13 @@ def test_captcha_panel(desktop, server):
         desktop.assert_clean()
         return
     assert not page.get_by_test_id("captcha-unavailable").is_visible()
+    # The default reader is selected, and its note says whether it checks o/0 at full resolution.
+    listing = _get_json(server["url"] + "/models")
+    default = listing["defaults"]["captcha"]
+    arch = next(m for m in listing["models"] if m["task"] == "captcha" and m["variant"] == default)["architecture"]
+    assert page.get_by_test_id(f"captcha-model-{default}").is_checked()
+    note = page.locator("#captcha-model-note").text_content()
+    assert ("o vs 0 checked at full resolution" in note) == bool(arch.get("o0")), note
     # A captcha file made by the server's generator, read by the API and by the page.
     fresh = _get_json(server["url"] + "/captcha/new")
     png = base64.b64decode(fresh["image"].split(",", 1)[1])

@@ -16,9 +16,11 @@ from PIL import Image
 from conftest import WEIGHTS_DIR, png_bytes
 from models.captcha_common import CHARSET, build_captcha, decode_label, encode_label, score_texts, shifted_views
 from models.captcha_ctc import BLANK, CaptchaCTC, CaptchaCTCConfig, greedy_collapse, read_ctc
+from models.captcha_o0 import INDEX_O, INDEX_ZERO, O0GlyphConfig, attention_centres, cut_windows, mix_o0
 from models.captcha_seq2seq import CaptchaSeq2Seq, CaptchaSeq2SeqConfig, read_seq2seq
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.preprocess import CAPTCHA_HEIGHT, CAPTCHA_WIDTH, captcha_pixels, to_captcha_tensor
+from models.preprocess import (CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, CAPTCHA_HEIGHT, CAPTCHA_WIDTH, captcha_pixels,
+                               to_captcha_tensor)
 from training.captcha import TEST_SEED, VAL_SEED
 from training.captcha_data import (CaptchaGenerator, generate_arrays, label_from_filename, list_labelled_folder,
                                    load_labelled_folder, write_labelled_folder)
@@ -197,7 +199,15 @@ def small_seq2seq_tta() -> CaptchaSeq2Seq:
     return model
 
 
-@pytest.mark.parametrize("make", [small_ctc, small_seq2seq, small_seq2seq_tta], ids=["ctc", "seq2seq", "seq2seq-tta"])
+def small_seq2seq_o0() -> CaptchaSeq2Seq:
+    return CaptchaSeq2Seq(CaptchaSeq2SeqConfig(encoder_hidden=16, decoder_hidden=24, attention_size=16,
+                                               test_time_shifts=[[2, 0], [0, 0]],
+                                               o0=O0GlyphConfig(channels=[4, 4, 4, 4], mix=[1.0, 0.5]).to_dict(),
+                                               **TINY))
+
+
+@pytest.mark.parametrize("make", [small_ctc, small_seq2seq, small_seq2seq_tta, small_seq2seq_o0],
+                         ids=["ctc", "seq2seq", "seq2seq-tta", "seq2seq-o0"])
 def test_checkpoint_round_trip(tmp_path, make):
     torch.manual_seed(0)
     model = make().eval()
@@ -213,6 +223,72 @@ def test_checkpoint_round_trip(tmp_path, make):
     if isinstance(model, CaptchaSeq2Seq):
         assert loaded.config == model.config
         assert [r.text for r in loaded.read(x)] == [r.text for r in model.read(x)]
+        full = torch.randint(0, 256, (2, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH), dtype=torch.uint8)
+        assert [r.text for r in loaded.read(x, full=full)] == [r.text for r in model.read(x, full=full)]
+
+
+# --- the o/0 glyph net ---------------------------------------------------------------------
+
+def test_attention_centres_map_columns_to_full_resolution_pixels():
+    attention = torch.zeros(1, 4, 24)
+    for i, t in enumerate((0, 5, 12, 23)):
+        attention[0, i, t] = 1.0  # one-hot on column t: 4 px wide at the reader's 96 px width
+    centres = attention_centres(attention, reader_width=96, full_width=160)
+    torch.testing.assert_close(centres, torch.tensor([[2.0, 22.0, 50.0, 94.0]]) * 160 / 96)
+    # Split evenly between two columns: halfway between their centres.
+    attention = torch.zeros(1, 1, 24)
+    attention[0, 0, [3, 5]] = 0.5
+    torch.testing.assert_close(attention_centres(attention, 96, 96), torch.tensor([[18.0]]))
+
+
+def test_cut_windows_centres_and_repeats_the_edges():
+    full = torch.arange(160, dtype=torch.float32).expand(2, 60, 160).clone()  # grey level = x
+    windows = cut_windows(full, torch.tensor([[80.0, 0.0], [159.0, 30.4]]), width=48, standardise=False)
+    assert windows.shape == (4, 1, 60, 48)
+    assert windows[0, 0, 0].tolist() == list(range(56, 104))  # centred on x = 80: 56..103
+    assert windows[1, 0, 0].tolist() == [0.0] * 24 + list(range(24))  # left of the image: column 0 repeats
+    assert windows[2, 0, 0].tolist() == list(range(135, 160)) + [159.0] * 23
+    assert windows[3, 0, 0, 0] == 6  # 30.4 rounds to 30
+    standardised = cut_windows(full[:1], torch.tensor([[80.0, 0.0]]), width=48)
+    torch.testing.assert_close(standardised.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one row of centres per image"):
+        cut_windows(full, torch.tensor([[80.0, 0.0]]), width=48)
+
+
+def test_mix_o0_moves_probability_between_o_and_0_only():
+    torch.manual_seed(0)
+    lp = torch.randn(2, 4, len(CHARSET)).log_softmax(-1)
+    apply = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    glyph = torch.tensor([[8.0, 8.0, -8.0, 0.0], [0.0, 0.0, 0.0, 8.0]])
+    mixed = mix_o0(lp, glyph, apply, [1.0, 0.0])
+    others = [i for i in range(len(CHARSET)) if i not in (INDEX_O, INDEX_ZERO)]
+    torch.testing.assert_close(mixed[..., others], lp[..., others])  # the other 34 untouched
+    torch.testing.assert_close(mixed[~apply], lp[~apply])  # where not applied: as the reader said
+    torch.testing.assert_close(mixed.exp().sum(-1), torch.ones(2, 4))  # still distributions
+    assert (mixed[apply][:, INDEX_ZERO] > mixed[apply][:, INDEX_O]).tolist() == [True, False, True]
+    # Only the reader's own log-odds (glyph weight 0, reader weight 1): nothing changes.
+    torch.testing.assert_close(mix_o0(lp, glyph, apply, [0.0, 1.0]), lp)
+
+
+def test_seq2seq_o0_changes_only_o_and_0_answers():
+    """The glyph net may flip an o to 0 or back, never another character; without `full` or
+    without a glyph net, `read` is the reader alone."""
+    torch.manual_seed(0)
+    model = small_seq2seq_o0().eval()
+    with torch.no_grad():
+        model.head.bias.zero_()
+        model.head.bias[INDEX_O] = 3.0  # make the reader say o often, so the glyph net is consulted
+        model.o0.head.bias.fill_(50.0)  # and the glyph net always say 0
+    x = torch.randn(8, 1, 32, 96)
+    full = torch.randint(0, 256, (8, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH), dtype=torch.uint8)
+    alone = [r.text for r in model.read(x)]
+    refined = model.read(x, full=full)
+    assert "o" in "".join(alone)
+    for a, r in zip(alone, refined):
+        assert r.text == a.replace("o", "0")  # every o the reader read went to the glyph net, which says 0
+        assert [c.char for c in r.characters] == list(r.text)
+    with pytest.raises(ValueError, match="needs attention"):
+        CaptchaSeq2Seq(CaptchaSeq2SeqConfig(attention=False, o0=O0GlyphConfig().to_dict(), **TINY))
 
 
 def test_unknown_variant_is_refused():
@@ -303,16 +379,27 @@ def committed(variant: str):
 
 @pytest.fixture(scope="module")
 def check_set():
-    """200 fresh captchas from CHECK_SEED: (uint8 model input (200, 32, 96), labels, PNGs of 6)."""
+    """200 fresh captchas from CHECK_SEED: (uint8 model input (200, 32, 96), labels, PNGs of 6,
+    the same images at the generator's 160x60 (200, 60, 160) for the o/0 glyph net)."""
     gen = CaptchaGenerator(CHECK_SEED)
-    pixels, labels, pngs = [], [], []
+    pixels, labels, pngs, full = [], [], [], []
     for i in range(200):
         text, img = gen.sample()
         pixels.append(captcha_pixels(img))
+        full.append(captcha_pixels(img, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH))
         labels.append(text.lower())
         if i < 6:
             pngs.append((text.lower(), png_bytes(img)))
-    return np.stack(pixels), labels, pngs
+    return np.stack(pixels), labels, pngs, np.stack(full)
+
+
+def read_as_served(model, pixels: np.ndarray, full: np.ndarray) -> list[str]:
+    """What the service answers: the seq2seq reader with its test-time shifts and o/0 glyph
+    net (when the weights carry them) gets the full-resolution pixels too."""
+    x = to_captcha_tensor(pixels)
+    if isinstance(model, CaptchaSeq2Seq):
+        return [r.text for r in model.read(x, full=torch.from_numpy(full))]
+    return [r.text for r in model.read(x)]
 
 
 def allowed_errors(n: int, accuracy: float) -> int:
@@ -328,10 +415,8 @@ def test_committed_weights_read_fresh_captchas_at_manifest_accuracy(variant, che
     assert manifest["task"] == "captcha" and manifest["variant"] == variant
     assert manifest["charset"] == CHARSET
     assert manifest["metrics"]["test_seed"] not in (CHECK_SEED, VAL_SEED)
-    pixels, labels, _ = check_set
-    with torch.inference_mode():
-        preds = model.decode(model(to_captcha_tensor(pixels)))
-    scores = score_texts(preds, labels)
+    pixels, labels, _, full = check_set
+    scores = score_texts(read_as_served(model, pixels, full), labels)
     full_errors = round((1 - scores["full_string_accuracy"]) * len(labels))
     char_errors = round((1 - scores["char_accuracy"]) * 4 * len(labels))
     metrics = manifest["metrics"]
@@ -354,7 +439,7 @@ def test_committed_manifests_carry_the_held_out_figures():
 # --- HTTP -----------------------------------------------------------------------------------
 
 def test_predict_captcha_multipart(client, check_set):
-    _, _, pngs = check_set
+    _, _, pngs, _ = check_set
     models = client.get("/models").json()
     default = models["defaults"]["captcha"]
     by_variant = {m["variant"]: m for m in models["models"] if m["task"] == "captcha"}
@@ -385,10 +470,12 @@ def test_predict_captcha_matches_the_model_on_the_same_pixels(client, check_set,
     """The route answers what the model answers on preprocessed pixels: serving feeds what
     training fed. Sent as JSON base64, raw image/png and an RGBA JPEG-free variant."""
     model, _ = committed(variant)
-    _, _, pngs = check_set
+    _, _, pngs, _ = check_set
     text, png = pngs[0]
+    image = Image.open(io.BytesIO(png))
+    x, full = to_captcha_tensor(captcha_pixels(image)), captcha_pixels(image, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
     with torch.inference_mode():
-        expected = model.read(to_captcha_tensor(captcha_pixels(Image.open(io.BytesIO(png)))))[0]
+        expected = (model.read(x, full=torch.from_numpy(full)[None]) if variant == "seq2seq" else model.read(x))[0]
     as_json = client.post(f"/predict/captcha?model={variant}", json={"image": base64.b64encode(png).decode()})
     raw = client.post(f"/predict/captcha?model={variant}", content=png, headers={"Content-Type": "image/png"})
     for r in (as_json, raw):
@@ -399,7 +486,7 @@ def test_predict_captcha_matches_the_model_on_the_same_pixels(client, check_set,
 
 
 def test_predict_captcha_other_sizes_and_modes(client, check_set):
-    _, _, pngs = check_set
+    _, _, pngs, _ = check_set
     text, png = pngs[1]
     img = Image.open(io.BytesIO(png))
     variants = {

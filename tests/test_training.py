@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from conftest import require_mnist
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.digits import DigitRNN, DigitRNNConfig
 
 
@@ -84,3 +85,43 @@ def test_captcha_joint_runs_and_soup(tmp_path):
     assert chosen in (str(tmp_path / "b"), str(tmp_path / "c"), "average")
     assert set(manifest["training"]["soup"]["validation"]) == {str(tmp_path / "b"), str(tmp_path / "c"), "average"}
     assert manifest["training"]["samples_seen"] == (64 * 3 if chosen == "average" else 64 * 2)
+
+
+def test_captcha_o0_glyph_net_pipeline(tmp_path):
+    """o/0-rich full-resolution sets -> the glyph net trained on windows where a (tiny) reader
+    looks -> exported inside the seq2seq checkpoint, which loads and reads with it."""
+    from models.captcha_o0 import INDEX_O, INDEX_ZERO
+    from models.captcha_seq2seq import CaptchaSeq2Seq, CaptchaSeq2SeqConfig
+    from training.captcha_o0 import load_o0_set, main as o0_main
+
+    o0_main(["data", "--count", "40", "--seed", "3", "--out", str(tmp_path / "train"), "--o0-share", "0.6",
+             "--workers", "1"])
+    o0_main(["data", "--count", "20", "--seed", "4", "--out", str(tmp_path / "val"), "--o0-share", "0.6",
+             "--workers", "1"])
+    full, labels, meta = load_o0_set(tmp_path / "train")
+    assert full.shape == (40, 60, 160) and full.dtype == np.uint8 and meta["o0_share"] == 0.6
+    share = float(np.isin(labels, [INDEX_O, INDEX_ZERO]).mean())
+    assert 0.4 < share < 0.8  # ~0.6 + 2/62 of the rest, far above real captchas' 3/62
+
+    torch.manual_seed(0)
+    reader = CaptchaSeq2Seq(CaptchaSeq2SeqConfig(channels=[4, 8, 8, 8], encoder_hidden=8, decoder_hidden=16,
+                                                 attention_size=8, test_time_shifts=[[0, 0], [2, 0]])).eval()
+    save_checkpoint(reader, {"task": "captcha", "variant": "seq2seq", "architecture": reader.config.to_dict(),
+                             "input": {"height": 32, "width": 96}, "metrics": {"test_seed": 424242},
+                             "training": {"samples_seen": 10, "seconds": 1.0}}, tmp_path / "reader", "captcha_seq2seq")
+    o0_main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
+             "--reader", str(tmp_path / "reader" / "captcha_seq2seq.json"), "--out", str(tmp_path / "out"),
+             "--epochs", "1", "--batch-size", "16", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
+    model, manifest = load_checkpoint(tmp_path / "out" / "captcha_seq2seq.json")
+    assert model.o0 is not None and manifest["architecture"]["o0"]["mix"] == manifest["training"]["o0"]["mix"]
+    # The reader's own weights are carried over untouched.
+    for k, v in reader.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    assert manifest["input"]["full_resolution"] == {**manifest["input"]["full_resolution"], "height": 60, "width": 160}
+    o0 = manifest["training"]["o0"]
+    assert o0["windows"] == int(np.isin(labels, [INDEX_O, INDEX_ZERO]).sum()) and o0["seconds"] > 0
+    assert o0["samples_seen"] == o0["windows"] // 16 * 16 and len(o0["history"]) == 1
+    assert manifest["metrics"]["test_samples"] == 8 and "reader_alone" in manifest["metrics"]
+    x = torch.randn(3, 1, 32, 96)
+    readings = model.read(x, full=torch.randint(0, 256, (3, 60, 160), dtype=torch.uint8))
+    assert [len(r.text) for r in readings] == [4, 4, 4]

@@ -210,27 +210,34 @@ def _pool_chunk(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray
     return images, labels
 
 
+def fill_in_chunks(make_chunk, jobs: list[tuple], outputs: tuple[np.ndarray, ...], chunk: int, workers: int,
+                   desc: str) -> None:
+    """Run make_chunk(job) for each job in `workers` processes (in order) and write the arrays
+    it returns for job k into rows k*chunk... of the matching `outputs` (memory maps, flushed)."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        for k, arrays in enumerate(tqdm(pool.imap(make_chunk, jobs), total=len(jobs), desc=desc)):
+            for out, arr in zip(outputs, arrays):
+                out[k * chunk:k * chunk + len(arr)] = arr
+    for out in outputs:
+        out.flush()
+
+
 def write_pool(out: str | Path, count: int, seed: int, workers: int = 1, height: int = CAPTCHA_HEIGHT,
                width: int = CAPTCHA_WIDTH, chunk: int = 5000) -> Path:
     """Generate `count` captchas into <out>/images.npy (uint8 (N, H, W)), labels.npy (int64
     (N, 4)) and meta.json. Chunk k is drawn from seed * 100000 + k, so the pool is the same
     whatever the worker count."""
-    import multiprocessing as mp
-
-    from tqdm import tqdm
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(count, height, width))
     labels = np.lib.format.open_memmap(out / "labels.npy", mode="w+", dtype=np.int64,
                                        shape=(count, CAPTCHA_LENGTH))
     jobs = [(seed * 100000 + k, min(chunk, count - k * chunk), height, width) for k in range(math.ceil(count / chunk))]
-    with mp.get_context("fork").Pool(workers) as pool:
-        for k, (imgs, labs) in enumerate(tqdm(pool.imap(_pool_chunk, jobs), total=len(jobs), desc="pool")):
-            images[k * chunk:k * chunk + len(imgs)] = imgs
-            labels[k * chunk:k * chunk + len(labs)] = labs
-    images.flush()
-    labels.flush()
+    fill_in_chunks(_pool_chunk, jobs, (images, labels), chunk, workers, "pool")
     (out / "meta.json").write_text(json.dumps({"count": count, "seed": seed, "height": height, "width": width,
                                                "chunk": chunk, "charset": CHARSET}, indent=2) + "\n")
     return out

@@ -41,18 +41,26 @@ class NewCaptcha(BaseModel):
     text: str = Field(..., description="its answer, lower case", examples=["3fk9"])
 
 
-def _prepare(entry: LoadedModel, data: bytes, max_pixels: int) -> torch.Tensor:
-    """Upload bytes -> model input (1, 1, H, W), through the preprocessing training used."""
+def _prepare(entry: LoadedModel, data: bytes, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Upload bytes -> the model's input (1, 1, H, W), through the preprocessing training used,
+    and for a reader with the o/0 glyph net also the image at the generator's size (1, 60, 160)."""
     image = decode_image(data, max_pixels)
     spec = entry.manifest["input"]
-    pixels = captcha_pixels(image, spec["height"], spec["width"])  # (H, W) uint8, any size/mode in
-    return to_captcha_tensor(pixels)  # (1, 1, H, W)
+    x = to_captcha_tensor(captcha_pixels(image, spec["height"], spec["width"]))  # any size/mode in
+    full_spec = spec.get("full_resolution")
+    if full_spec is None:
+        return x, None
+    return x, torch.from_numpy(captcha_pixels(image, full_spec["height"], full_spec["width"])).unsqueeze(0)
 
 
-def captcha_batch(entry: LoadedModel, items: list[torch.Tensor]) -> list[CaptchaReading]:
+def captcha_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[CaptchaReading]:
     """One forward pass for B requests (run by app/batching.py in the model's thread):
-    items B x (1, 1, H, W) -> B readings (text, string probability, per-character top-3)."""
-    return entry.model.read(stack_batch(items, entry.device))
+    items B x ((1, 1, H, W), full-resolution (1, 60, 160) or None) -> B readings (text, string
+    probability, per-character top-3)."""
+    x = stack_batch([small for small, _ in items], entry.device)
+    if items[0][1] is None:
+        return entry.model.read(x)
+    return entry.model.read(x, full=stack_batch([full for _, full in items], entry.device))
 
 
 def _response(entry: LoadedModel, reading: CaptchaReading) -> CaptchaPrediction:

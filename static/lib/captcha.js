@@ -45,7 +45,9 @@ export function initCaptcha({ panel, catalog, announce }) {
     const acc = typeof m.full_string_accuracy === "number"
       ? ` · ${pct(m.full_string_accuracy, 2)} of ${m.test_samples ? m.test_samples.toLocaleString("en") : "held-out"} test captchas read right`
       : "";
-    els.modelNote.textContent = `${DESCRIBE[selected] || selected}${acc}`;
+    // The seq2seq weights may carry the o/0 glyph net (architecture.o0): say so.
+    const glyph = catalog.models.captcha[selected]?.architecture?.o0 ? ", o vs 0 checked at full resolution" : "";
+    els.modelNote.textContent = `${DESCRIBE[selected] || selected}${glyph}${acc}`;
   }
   for (const v of variants) {
     const input = el("input", { type: "radio", name: "captcha-model", value: v, id: `captcha-model-${v}`,

@@ -1,0 +1,323 @@
+"""The seq2seq captcha reader's second look at o and 0: data, training and export.
+
+    # captchas rich in o / O / 0, kept at the generator's full 160x60 resolution
+    python -m training.captcha_o0 data --count 240000 --seed 5000 --out data/captcha_o0/train --workers 2
+    python -m training.captcha_o0 data --count 20000 --seed 5100 --out data/captcha_o0/val
+    # train the glyph net on windows cut where the committed reader looks, then export
+    # models/weights/captcha_seq2seq.* with the glyph net inside (the reader's weights unchanged)
+    python -m training.captcha_o0 train --data data/captcha_o0/train --val data/captcha_o0/val --epochs 6 --threads 2
+
+Why: most of the reader's misreads are o read as 0 or 0 as o. The generator crops each glyph
+to its ink and stretches it to its font's full box, so o, O and 0 come out as ovals of the same
+size; what tells them apart is stroke thickness and shape, which the reader's 96x32 input
+(0.6 x 0.53 of the drawn image) blurs. The glyph net (models/captcha_o0.py) looks at a 48 px
+window of the full-resolution image around each character the reader read as o or 0.
+
+The data: captchas drawn by the same seeded generator as the reader's training, but each
+position is o, O or 0 with probability `--o0-share` (the rest from all 62 symbols), so most
+captchas carry several of the glyphs in realistic surroundings. Windows are cut where the
+reader's attention centres (exactly as at serving), so the net learns the positions it will be
+shown, misplaced ones included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.captcha_common import CAPTCHA_LENGTH, CHARSET, DRAWN_ALPHABET, decode_label, encode_label, score_texts
+from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, attention_centres, cut_windows,
+                               standardise_windows)
+from models.captcha_seq2seq import CaptchaSeq2Seq
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.preprocess import CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, captcha_pixels, to_captcha_tensor
+
+O0_DRAWN = "oO0"
+
+
+def o0_rich_text(rng: random.Random, share: float, length: int = CAPTCHA_LENGTH) -> str:
+    """Each position o, O or 0 (equally likely, as in real captchas) with probability `share`,
+    else any of the 62 drawn symbols."""
+    return "".join(rng.choice(O0_DRAWN) if rng.random() < share else rng.choice(DRAWN_ALPHABET)
+                   for _ in range(length))
+
+
+def _chunk(args: tuple[int, int, float]) -> tuple[np.ndarray, np.ndarray]:
+    from training.captcha_data import CaptchaGenerator
+
+    seed, count, share = args
+    torch.set_num_threads(1)
+    gen = CaptchaGenerator(seed)
+    full = np.empty((count, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH), np.uint8)
+    labels = np.empty((count, CAPTCHA_LENGTH), np.int64)
+    for i in range(count):
+        text = o0_rich_text(gen.rng, share)
+        full[i] = captcha_pixels(gen.image(text), CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
+        labels[i] = encode_label(text)
+    return full, labels
+
+
+def write_o0_set(out: str | Path, count: int, seed: int, share: float = 0.4, workers: int = 1,
+                 chunk: int = 5000) -> Path:
+    """<out>/full.npy (uint8 (N, 60, 160) grey, as drawn), labels.npy (int64 (N, 4)), meta.json.
+    Chunk k is drawn from seed * 100000 + k (the same set whatever the worker count)."""
+    from training.captcha_data import fill_in_chunks
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    full = np.lib.format.open_memmap(out / "full.npy", mode="w+", dtype=np.uint8,
+                                     shape=(count, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH))
+    labels = np.lib.format.open_memmap(out / "labels.npy", mode="w+", dtype=np.int64, shape=(count, CAPTCHA_LENGTH))
+    jobs = [(seed * 100000 + k, min(chunk, count - k * chunk), share) for k in range(math.ceil(count / chunk))]
+    fill_in_chunks(_chunk, jobs, (full, labels), chunk, workers, "o0 set")
+    (out / "meta.json").write_text(json.dumps({"count": count, "seed": seed, "o0_share": share, "chunk": chunk,
+                                               "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
+                                               "charset": CHARSET}, indent=2) + "\n")
+    return out
+
+
+def load_o0_set(folder: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    folder = Path(folder)
+    return (np.load(folder / "full.npy", mmap_mode="r"), np.load(folder / "labels.npy", mmap_mode="r"),
+            json.loads((folder / "meta.json").read_text()))
+
+
+def reader_pixels(full: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, 60, 160) full-resolution grey -> (N, height, width) the reader's input, through the
+    one preprocessing function (resizing the grey image = resizing the colour one, then grey)."""
+    return np.stack([captcha_pixels(Image.fromarray(np.asarray(f)), height, width) for f in full])
+
+
+@torch.inference_mode()
+def locate(reader: CaptchaSeq2Seq, full: np.ndarray, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the reader (with its test-time shifts, if any) -> (its log-probs (N, 4, 36), each
+    character's attention centre (N, 4) in full-resolution x pixels)."""
+    lps, centres = [], []
+    h, w = reader.config.height, reader.config.width
+    for i in range(0, len(full), batch):
+        x = to_captcha_tensor(reader_pixels(full[i:i + batch], h, w))
+        lp, attention = reader.log_probs(x, return_attention=True)
+        lps.append(lp)
+        centres.append(attention_centres(attention, w, full.shape[-1]))
+    return torch.cat(lps), torch.cat(centres)
+
+
+def o0_windows(full: np.ndarray, labels: np.ndarray, centres: torch.Tensor, width: int,
+               batch: int = 2000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows (uint8 (M, 1, 60, width), grey as drawn) at every position whose true character
+    is o or 0, their targets (M,) 1.0 = 0, and which (captcha, position) each came from (M, 2)."""
+    wins, targets, where = [], [], []
+    labels_t = torch.from_numpy(np.array(labels))  # a copy: the sets are read-only memory maps
+    for i in range(0, len(full), batch):
+        lab = labels_t[i:i + batch]
+        keep = ((lab == INDEX_O) | (lab == INDEX_ZERO)).flatten()
+        w = cut_windows(torch.from_numpy(np.array(full[i:i + batch])), centres[i:i + batch], width, standardise=False)
+        wins.append(w[keep].round().to(torch.uint8))
+        targets.append((lab.flatten()[keep] == INDEX_ZERO).float())
+        idx = torch.nonzero(keep).squeeze(1)
+        where.append(torch.stack([idx // CAPTCHA_LENGTH + i, idx % CAPTCHA_LENGTH], 1))
+    return torch.cat(wins), torch.cat(targets), torch.cat(where)
+
+
+@torch.inference_mode()
+def glyph_logits(net: O0GlyphNet, windows: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    net.eval()
+    return torch.cat([net(standardise_windows(windows[i:i + batch]).contiguous(memory_format=torch.channels_last))
+                      .float() for i in range(0, len(windows), batch)])
+
+
+def fit_mix(glyph: torch.Tensor, reader: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Logistic regression without intercept: target ~ sigmoid(a * glyph + b * reader) -> [a, b]."""
+    ab = torch.tensor([1.0, 0.0], requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(ab[0] * glyph + ab[1] * reader, target)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return [round(float(v), 4) for v in ab.detach()]
+
+
+@torch.inference_mode()
+def read_strings(reader: CaptchaSeq2Seq, full: np.ndarray, batch: int = 500) -> list[str]:
+    """Full-resolution captchas -> the reader's answers (with its glyph net, if it has one)."""
+    h, w = reader.config.height, reader.config.width
+    texts = []
+    for i in range(0, len(full), batch):
+        x = to_captcha_tensor(reader_pixels(full[i:i + batch], h, w))
+        texts += [r.text for r in reader.read(x, full=torch.from_numpy(np.array(full[i:i + batch])))]
+    return texts
+
+
+def train(args) -> None:
+    from tqdm import tqdm
+
+    from training.captcha import TEST_SEED, VAL_SEED
+    from training.captcha_data import generate_arrays
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    reader, manifest = load_checkpoint(args.reader)
+    if reader.config.o0 is not None:  # start from the reader alone
+        plain = CaptchaSeq2Seq(replace(reader.config, o0=None))
+        plain.load_state_dict({k: v for k, v in reader.state_dict().items() if not k.startswith("o0.")})
+        reader = plain.eval()
+    single_view = CaptchaSeq2Seq(replace(reader.config, test_time_shifts=[]))
+    single_view.load_state_dict(reader.state_dict())
+    single_view.eval()
+    config = O0GlyphConfig(width=args.window)
+    margin = args.jitter  # windows are cut wider and cropped at random: +-jitter px of placement noise
+    start = time.perf_counter()
+
+    train_full, train_labels, train_meta = load_o0_set(args.data)
+    val_full, val_labels, val_meta = load_o0_set(args.val)
+    # Attention does not depend on the test-time shifts (it is taken on the unshifted view), so
+    # the training windows come from one view; validation uses the reader as it serves.
+    _, train_centres = locate(single_view, train_full)
+    val_lp, val_centres = locate(reader, val_full)
+    xtr, ytr, _ = o0_windows(train_full, train_labels, train_centres, config.width + 2 * margin)
+    xva, yva, where_va = o0_windows(val_full, val_labels, val_centres, config.width)
+    print(f"{len(xtr):,} training windows ({int(ytr.sum()):,} zeros), {len(xva):,} validation windows "
+          f"[{time.perf_counter() - start:.0f}s]", flush=True)
+
+    net = O0GlyphNet(config).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), args.lr, weight_decay=0.05)
+    steps_per_epoch = len(xtr) // args.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        net.train()
+        perm = torch.randperm(len(xtr))
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", mininterval=10)
+        for step in bar:
+            idx = perm[step * args.batch_size:(step + 1) * args.batch_size]
+            dx = int(torch.randint(0, 2 * margin + 1, ()))
+            x = standardise_windows(xtr[idx, :, :, dx:dx + config.width]).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                logits = net(x)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 200 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        g = glyph_logits(net, xva)
+        error = float(((g > 0).float() != yva).float().mean())
+        history.append({"epoch": epoch, "val_window_error": round(error, 5),
+                        "seconds": round(time.perf_counter() - start, 1)})
+        print(f"epoch {epoch}: validation o-vs-0 error {error:.2%} on {len(xva):,} windows "
+              f"[{time.perf_counter() - start:.0f}s]", flush=True)
+
+    # How to weigh the glyph net against the reader: fitted where it will be used (the reader
+    # answered o or 0) on the validation windows.
+    g = glyph_logits(net, xva)
+    lp = val_lp[where_va[:, 0], where_va[:, 1]]  # (M, 36)
+    reader_logodds = lp[:, INDEX_ZERO] - lp[:, INDEX_O]
+    used = (lp.argmax(-1) == INDEX_O) | (lp.argmax(-1) == INDEX_ZERO)
+    mix = fit_mix(g[used], reader_logodds[used], yva[used])
+    errors = {name: int((((z > 0).float() != yva) & used).sum()) for name, z in
+              (("reader", reader_logodds), ("glyph", g), ("mix", mix[0] * g + mix[1] * reader_logodds))}
+    print(f"o/0 windows the reader answered o or 0: {int(used.sum()):,}; wrong: reader {errors['reader']}, glyph net "
+          f"{errors['glyph']}, mixed {mix} {errors['mix']}", flush=True)
+    net.config = replace(config, mix=mix)
+
+    # The reader with its glyph net, scored as it serves on real (not o/0-rich) captchas.
+    combined = CaptchaSeq2Seq(replace(reader.config, o0=net.config.to_dict()))
+    combined.load_state_dict({**reader.state_dict(), **{f"o0.{k}": v for k, v in net.state_dict().items()}})
+    combined.eval()
+    results = {}
+    for name, seed, count in (("validation", VAL_SEED, args.val_samples), ("test", TEST_SEED, args.test_samples)):
+        full, labels, truth = generate_arrays(count, seed, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
+        truth = [decode_label(row) for row in labels]
+        alone = read_strings(reader, full)
+        both = read_strings(combined, full)
+        results[name] = {"alone": score_texts(alone, truth), "with_o0": score_texts(both, truth),
+                         "errors": [f"{t}->{p}" for t, p in zip(truth, both) if t != p],
+                         "errors_alone": [f"{t}->{p}" for t, p in zip(truth, alone) if t != p]}
+        print(f"{name} ({count:,} captchas, seed {seed}): reader alone full {results[name]['alone']['full_string_accuracy']:.2%}"
+              f" char {results[name]['alone']['char_accuracy']:.3%} | with the glyph net full "
+              f"{results[name]['with_o0']['full_string_accuracy']:.2%} char {results[name]['with_o0']['char_accuracy']:.3%}",
+              flush=True)
+    seconds = round(time.perf_counter() - start, 1)
+
+    test = results["test"]
+    out = {k: v for k, v in manifest.items() if k not in ("name", "weights")}
+    out["architecture"], out["description"] = combined.config.to_dict(), combined.describe()
+    out["parameters"] = combined.num_parameters()
+    out["input"] = {**manifest["input"], "full_resolution": {
+        "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
+        "for": "the o/0 glyph net: the same preprocessing (grey, PIL bilinear) to the generator's 160x60; "
+               f"{config.width} px windows centred on the reader's attention, each standardised"}}
+    out["metrics"] = {**manifest["metrics"],
+                      "full_string_accuracy": round(test["with_o0"]["full_string_accuracy"], 5),
+                      "char_accuracy": round(test["with_o0"]["char_accuracy"], 5),
+                      "test_samples": args.test_samples,
+                      "test_errors": test["errors"][:50],
+                      "reader_alone": {"full_string_accuracy": round(test["alone"]["full_string_accuracy"], 5),
+                                       "char_accuracy": round(test["alone"]["char_accuracy"], 5),
+                                       "test_errors": test["errors_alone"][:50]}}
+    out["training"] = {**manifest["training"], "o0": {
+        "how": "the reader's weights unchanged; a glyph CNN trained on windows of o/0-rich full-resolution captchas "
+               "cut where the reader's attention centres, its weight against the reader fitted on validation windows",
+        "data": {"train": train_meta, "validation": val_meta},
+        "windows": len(xtr), "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "precision": args.precision, "seed": args.seed, "threads": args.threads, "jitter_px": margin,
+        "samples_seen": args.epochs * steps_per_epoch * args.batch_size, "seconds": seconds, "history": history,
+        "mix": mix, "validation_window_errors": errors,
+        "validation": {"alone": round(results["validation"]["alone"]["full_string_accuracy"], 5),
+                       "with_o0": round(results["validation"]["with_o0"]["full_string_accuracy"], 5)},
+        "val_samples": args.val_samples}}
+    json_path = save_checkpoint(combined, out, args.out, "captcha_seq2seq")
+    os.chmod(json_path.with_suffix(".safetensors"), 0o644)
+    print(f"wrote {json_path} [{seconds:.0f}s]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data", help="write an o/0-rich set of full-resolution captchas")
+    d.add_argument("--count", type=int, required=True)
+    d.add_argument("--seed", type=int, required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--o0-share", type=float, default=0.4)
+    d.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    t = sub.add_parser("train", help="train the glyph net and export the reader with it")
+    t.add_argument("--data", required=True, help="an o/0-rich set (the `data` command) to train on")
+    t.add_argument("--val", required=True, help="another one to validate on")
+    t.add_argument("--reader", default="models/weights/captcha_seq2seq.json")
+    t.add_argument("--out", default="models/weights")
+    t.add_argument("--epochs", type=int, default=6)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--window", type=int, default=48)
+    t.add_argument("--jitter", type=int, default=3)
+    t.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--val-samples", type=int, default=6000)
+    t.add_argument("--test-samples", type=int, default=2000)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        train(args)
+    elif args.command == "data":
+        out = write_o0_set(args.out, args.count, args.seed, args.o0_share, args.workers)
+        print(f"wrote {args.count} captchas to {out}")
+
+
+if __name__ == "__main__":
+    main()
