@@ -119,12 +119,11 @@ def render_captcha() -> str:
     glyph = manifests["seq2seq"]["architecture"].get("o0")
     for v in sorted(manifests, key=lambda v: v != default):
         m, met = manifests[v], manifests[v]["metrics"]
-        with_glyph = " with the o/0 glyph net" if v == "seq2seq" and glyph else ""
-        lines.append(row(f"`{v}`{with_glyph}" + (" (served default)" if v == default else ""), m["parameters"], met,
-                         v == default))
-        if v == "seq2seq" and glyph and "reader_alone" in met:
-            lines.append(row("`seq2seq` reader alone", m["parameters"] - _glyph_parameters(glyph), met["reader_alone"],
-                             False))
+        own = m["architecture"].get("o0")
+        lines.append(row(f"`{v}`" + (" with the o/0 glyph net" if own else "") +
+                         (" (served default)" if v == default else ""), m["parameters"], met, v == default))
+        if own and "reader_alone" in met:
+            lines.append(row(f"`{v}` reader alone", m["parameters"] - _glyph_parameters(own), met["reader_alone"], False))
     s2s = manifests["seq2seq"]["metrics"]["full_string_accuracy"]
     top = manifests[default]["metrics"]["full_string_accuracy"]
     verdict = lambda got, want: "met" if got >= want else "**not met**"  # noqa: E731
@@ -154,6 +153,15 @@ def render_captcha() -> str:
                   f"reader got {errs['reader']:,} wrong, the glyph net alone {errs['glyph']:,}, the two combined "
                   f"{errs['mix']:,}; on {o0['val_samples']:,} ordinary validation captchas the full-string accuracy goes "
                   f"from {val['alone']:.2%} to {val['with_o0']:.2%}."]
+        ctc_o0 = manifests["ctc"]["training"].get("o0")
+        if manifests["ctc"]["architecture"].get("o0") and ctc_o0:
+            errs, mix = ctc_o0["validation_window_errors"], manifests["ctc"]["architecture"]["o0"]["mix"]
+            lines += ["", f"The `ctc` reader carries the same glyph net (the same weights), its windows centred on the "
+                      f"columns of each run read as o or 0 and mixed as {mix[0]:.2f} x glyph net + {mix[1]:.2f} x "
+                      f"reader (fitted on the same validation windows): of the {errs['characters']:,} o/0 characters it "
+                      f"answered o or 0 it got {errs['reader']:,} wrong alone and {errs['mix']:,} with the glyph net; "
+                      f"on {ctc_o0['val_samples']:,} validation captchas {ctc_o0['validation']['alone']:.2%} -> "
+                      f"{ctc_o0['validation']['with_o0']:.2%}."]
     t = manifests[default]["training"]
     stages, soup = [], t.get("soup")
     while soup:

@@ -206,8 +206,13 @@ def small_seq2seq_o0() -> CaptchaSeq2Seq:
                                                **TINY))
 
 
-@pytest.mark.parametrize("make", [small_ctc, small_seq2seq, small_seq2seq_tta, small_seq2seq_o0],
-                         ids=["ctc", "seq2seq", "seq2seq-tta", "seq2seq-o0"])
+def small_ctc_o0() -> CaptchaCTC:
+    return CaptchaCTC(CaptchaCTCConfig(hidden_size=16, o0=O0GlyphConfig(channels=[4, 4, 4, 4], mix=[1.0, 0.5]).to_dict(),
+                                       **TINY))
+
+
+@pytest.mark.parametrize("make", [small_ctc, small_ctc_o0, small_seq2seq, small_seq2seq_tta, small_seq2seq_o0],
+                         ids=["ctc", "ctc-o0", "seq2seq", "seq2seq-tta", "seq2seq-o0"])
 def test_checkpoint_round_trip(tmp_path, make):
     torch.manual_seed(0)
     model = make().eval()
@@ -220,9 +225,9 @@ def test_checkpoint_round_trip(tmp_path, make):
     x = torch.randn(2, 1, 32, 96)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    if isinstance(model, CaptchaSeq2Seq):
-        assert loaded.config == model.config
-        assert [r.text for r in loaded.read(x)] == [r.text for r in model.read(x)]
+    assert loaded.config == model.config
+    assert [r.text for r in loaded.read(x)] == [r.text for r in model.read(x)]
+    if model.config.o0 is not None:
         full = torch.randint(0, 256, (2, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH), dtype=torch.uint8)
         assert [r.text for r in loaded.read(x, full=full)] == [r.text for r in model.read(x, full=full)]
 
@@ -289,6 +294,44 @@ def test_seq2seq_o0_changes_only_o_and_0_answers():
         assert [c.char for c in r.characters] == list(r.text)
     with pytest.raises(ValueError, match="needs attention"):
         CaptchaSeq2Seq(CaptchaSeq2SeqConfig(attention=False, o0=O0GlyphConfig().to_dict(), **TINY))
+
+
+def test_ctc_o0_changes_only_o_and_0_answers_and_rescores_the_string():
+    """On the ctc reader the glyph net decides each run read as o or 0: the text keeps its
+    length, only o/0 flip, and the string's confidence is the CTC probability of the new text."""
+    torch.manual_seed(0)
+    model = small_ctc_o0().eval()
+    with torch.no_grad():
+        model.head.bias.zero_()
+        model.head.bias[INDEX_O + 1] = 3.0  # the reader reads o a lot
+        model.o0.head.bias.fill_(50.0)  # the glyph net always says 0
+    x = torch.randn(8, 1, 32, 96)
+    full = torch.randint(0, 256, (8, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH), dtype=torch.uint8)
+    alone, refined = model.read(x), model.read(x, full=full)
+    assert "o" in "".join(r.text for r in alone)
+    logits = model(x)
+    log_probs, _ = model.refine_o0(logits, full)
+    for i, (a, r) in enumerate(zip(alone, refined)):
+        assert r.text == a.text.replace("o", "0")
+        assert [c.char for c in r.characters] == list(r.text)
+        target = torch.tensor([[CHARSET.index(c) + 1 for c in r.text]])
+        nll = torch.nn.functional.ctc_loss(log_probs[i:i + 1].transpose(0, 1), target, torch.tensor([logits.shape[1]]),
+                                           torch.tensor([len(r.text)]), blank=BLANK, reduction="sum")
+        assert r.confidence == pytest.approx(float(torch.exp(-nll)), rel=1e-4)
+    # Mixed 0 x glyph + 1 x reader: the reader's own decision, nothing flips.
+    model.o0.config = replace(model.o0.config, mix=[0.0, 1.0])
+    assert [r.text for r in model.read(x, full=full)] == [r.text for r in alone]
+
+
+def test_ctc_o0_windows_centre_on_the_run():
+    """A run over columns 5..7 of the 24 (4 px each at 96 px) centres at (4 * 6 + 2) * 160 / 96."""
+    model = small_ctc_o0().eval()
+    path = [0] * 24
+    path[5:8] = [INDEX_O + 1] * 3
+    path[15] = out("k")
+    runs, picked, centres = model.o0_candidates(ctc_logits(path), full_width=160)
+    assert runs == [[(INDEX_O, [5, 6, 7]), (CHARSET.index("k"), [15])]] and picked == [(0, 0)]
+    torch.testing.assert_close(centres, torch.tensor([26.0 * 160 / 96]))
 
 
 def test_unknown_variant_is_refused():
@@ -394,12 +437,9 @@ def check_set():
 
 
 def read_as_served(model, pixels: np.ndarray, full: np.ndarray) -> list[str]:
-    """What the service answers: the seq2seq reader with its test-time shifts and o/0 glyph
-    net (when the weights carry them) gets the full-resolution pixels too."""
-    x = to_captcha_tensor(pixels)
-    if isinstance(model, CaptchaSeq2Seq):
-        return [r.text for r in model.read(x, full=torch.from_numpy(full))]
-    return [r.text for r in model.read(x)]
+    """What the service answers: a reader with an o/0 glyph net (when the weights carry one)
+    gets the full-resolution pixels too."""
+    return [r.text for r in model.read(to_captcha_tensor(pixels), full=torch.from_numpy(full))]
 
 
 def allowed_errors(n: int, accuracy: float) -> int:
@@ -475,7 +515,7 @@ def test_predict_captcha_matches_the_model_on_the_same_pixels(client, check_set,
     image = Image.open(io.BytesIO(png))
     x, full = to_captcha_tensor(captcha_pixels(image)), captcha_pixels(image, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
     with torch.inference_mode():
-        expected = (model.read(x, full=torch.from_numpy(full)[None]) if variant == "seq2seq" else model.read(x))[0]
+        expected = model.read(x, full=torch.from_numpy(full)[None])[0]
     as_json = client.post(f"/predict/captcha?model={variant}", json={"image": base64.b64encode(png).decode()})
     raw = client.post(f"/predict/captcha?model={variant}", content=png, headers={"Content-Type": "image/png"})
     for r in (as_json, raw):

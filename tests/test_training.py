@@ -87,7 +87,7 @@ def test_captcha_joint_runs_and_soup(tmp_path):
     assert manifest["training"]["samples_seen"] == (64 * 3 if chosen == "average" else 64 * 2)
 
 
-def test_captcha_o0_glyph_net_pipeline(tmp_path):
+def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
     """o/0-rich full-resolution sets -> the glyph net trained on windows where a (tiny) reader
     looks -> exported inside the seq2seq checkpoint, which loads and reads with it."""
     from models.captcha_o0 import INDEX_O, INDEX_ZERO
@@ -125,3 +125,33 @@ def test_captcha_o0_glyph_net_pipeline(tmp_path):
     x = torch.randn(3, 1, 32, 96)
     readings = model.read(x, full=torch.randint(0, 256, (3, 60, 160), dtype=torch.uint8))
     assert [len(r.text) for r in readings] == [4, 4, 4]
+
+    # The same glyph net attached to a ctc reader. An untrained ctc reads no 4-character
+    # strings, so this one's columns are fixed: o in columns 2-3, 0 in 8, o in 14, k in 20.
+    from models.captcha_common import CHARSET
+    from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
+
+    def fixed_columns(self, x):
+        logits = torch.zeros(x.shape[0], 24, len(CHARSET) + 1)
+        logits[:, :, 0] = 5.0  # blank
+        for cols, char in (([2, 3], "o"), ([8], "0"), ([14], "o"), ([20], "k")):
+            logits[:, cols, CHARSET.index(char) + 1] = 9.0
+            logits[:, cols, CHARSET.index("0" if char == "o" else "o") + 1] = 8.0  # a close second
+        return logits
+
+    monkeypatch.setattr(CaptchaCTC, "forward", fixed_columns)
+    ctc = CaptchaCTC(CaptchaCTCConfig(channels=[4, 8, 8, 8], hidden_size=8)).eval()
+    save_checkpoint(ctc, {"task": "captcha", "variant": "ctc", "architecture": ctc.config.to_dict(),
+                          "input": {"height": 32, "width": 96}, "metrics": {"test_seed": 424242},
+                          "training": {"samples_seen": 10, "seconds": 1.0}}, tmp_path / "reader", "captcha_ctc")
+    o0_main(["attach", "--val", str(tmp_path / "val"), "--reader", str(tmp_path / "reader" / "captcha_ctc.json"),
+             "--glyph", str(tmp_path / "out" / "captcha_seq2seq.json"), "--out", str(tmp_path / "out"),
+             "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
+    ctc_model, ctc_manifest = load_checkpoint(tmp_path / "out" / "captcha_ctc.json")
+    for k, v in model.o0.state_dict().items():  # the seq2seq reader's glyph net, as it is
+        torch.testing.assert_close(ctc_model.o0.state_dict()[k], v)
+    o0 = ctc_manifest["training"]["o0"]
+    assert o0["glyph_from"] == "captcha_seq2seq.json" and ctc_manifest["architecture"]["o0"]["mix"] == o0["mix"]
+    assert o0["validation_window_errors"]["characters"] > 0 and "full_resolution" in ctc_manifest["input"]
+    readings = ctc_model.read(x, full=torch.randint(0, 256, (3, 60, 160), dtype=torch.uint8))
+    assert all(len(r.text) == 4 and r.text[3] == "k" and set(r.text[:3]) <= {"o", "0"} for r in readings)

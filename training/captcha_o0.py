@@ -39,6 +39,7 @@ from PIL import Image
 from models.captcha_common import CAPTCHA_LENGTH, CHARSET, DRAWN_ALPHABET, decode_label, encode_label, score_texts
 from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, attention_centres, cut_windows,
                                standardise_windows)
+from models.captcha_ctc import CaptchaCTC, greedy_runs
 from models.captcha_seq2seq import CaptchaSeq2Seq
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.preprocess import CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, captcha_pixels, to_captcha_tensor
@@ -152,7 +153,110 @@ def fit_mix(glyph: torch.Tensor, reader: torch.Tensor, target: torch.Tensor) -> 
 
 
 @torch.inference_mode()
-def read_strings(reader: CaptchaSeq2Seq, full: np.ndarray, batch: int = 500) -> list[str]:
+def locate_ctc(reader: CaptchaCTC, full: np.ndarray, batch: int = 500,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the ctc reader -> per captcha and character: its answer (N, 4) (-1 for every
+    position of a captcha not read as 4 characters: its positions do not line up with the
+    label), log p(0) - log p(o) at the run's best column (N, 4), and the run's centre (N, 4)
+    in full-resolution x pixels, as `CaptchaCTC.o0_candidates` computes it."""
+    h, w = reader.config.height, reader.config.width
+    answers, logodds, centres = [], [], []
+    for i in range(0, len(full), batch):
+        lp = reader(to_captcha_tensor(reader_pixels(full[i:i + batch], h, w))).float().log_softmax(-1)  # (B, T, 37)
+        a, r, c = torch.full((len(lp), CAPTCHA_LENGTH), -1), torch.zeros(len(lp), 4), torch.zeros(len(lp), 4)
+        for b, row in enumerate(lp.argmax(-1).tolist()):
+            runs = greedy_runs(row)
+            if len(runs) != CAPTCHA_LENGTH:
+                continue
+            for j, (k, cols) in enumerate(runs):
+                best = max(cols, key=lambda t: float(lp[b, t, k + 1]))
+                a[b, j], r[b, j] = k, lp[b, best, INDEX_ZERO + 1] - lp[b, best, INDEX_O + 1]
+                c[b, j] = (4 * sum(cols) / len(cols) + 2) * full.shape[-1] / w
+        answers.append(a)
+        logodds.append(r)
+        centres.append(c)
+    return torch.cat(answers), torch.cat(logodds), torch.cat(centres)
+
+
+def mix_on_validation(glyph: torch.Tensor, reader_logodds: torch.Tensor, answered: torch.Tensor,
+                      target: torch.Tensor) -> tuple[list[float], dict]:
+    """Fit how to weigh the glyph net against the reader where it will be used (the reader
+    answered o or 0) -> (mix, errors there of the reader, the glyph net and the mix)."""
+    used = (answered == INDEX_O) | (answered == INDEX_ZERO)
+    mix = fit_mix(glyph[used], reader_logodds[used], target[used])
+    errors = {name: int((((z > 0).float() != target) & used).sum()) for name, z in
+              (("reader", reader_logodds), ("glyph", glyph), ("mix", mix[0] * glyph + mix[1] * reader_logodds))}
+    errors["characters"] = int(used.sum())
+    print(f"o/0 characters the reader answered o or 0: {errors['characters']:,}; wrong: reader {errors['reader']}, "
+          f"glyph net {errors['glyph']}, mixed {mix} {errors['mix']}", flush=True)
+    return mix, errors
+
+
+def without_o0(reader):
+    """A reader checkpoint that may carry a glyph net -> the reader alone."""
+    if reader.config.o0 is None:
+        return reader
+    plain = type(reader)(replace(reader.config, o0=None))
+    plain.load_state_dict({k: v for k, v in reader.state_dict().items() if not k.startswith("o0.")})
+    return plain.eval()
+
+
+def with_o0(reader, net: O0GlyphNet):
+    combined = type(reader)(replace(reader.config, o0=net.config.to_dict()))
+    combined.load_state_dict({**reader.state_dict(), **{f"o0.{k}": v for k, v in net.state_dict().items()}})
+    return combined.eval()
+
+
+def score_alone_and_with(reader, combined, val_samples: int, test_samples: int) -> dict:
+    """The reader alone and with its glyph net, as they serve, on ordinary (not o/0-rich)
+    captchas: the validation seed and the manifests' held-out test seed."""
+    from training.captcha import TEST_SEED, VAL_SEED
+    from training.captcha_data import generate_arrays
+
+    results = {}
+    for name, seed, count in (("validation", VAL_SEED, val_samples), ("test", TEST_SEED, test_samples)):
+        full, labels, _ = generate_arrays(count, seed, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
+        truth = [decode_label(row) for row in labels]
+        alone, both = read_strings(reader, full), read_strings(combined, full)
+        results[name] = {"count": count, "alone": score_texts(alone, truth), "with_o0": score_texts(both, truth),
+                         "errors": [f"{t}->{p}" for t, p in zip(truth, both) if t != p],
+                         "errors_alone": [f"{t}->{p}" for t, p in zip(truth, alone) if t != p]}
+        print(f"{name} ({count:,} captchas, seed {seed}): reader alone full "
+              f"{results[name]['alone']['full_string_accuracy']:.2%} char {results[name]['alone']['char_accuracy']:.3%}"
+              f" | with the glyph net full {results[name]['with_o0']['full_string_accuracy']:.2%} char "
+              f"{results[name]['with_o0']['char_accuracy']:.3%}", flush=True)
+    return results
+
+
+def export(combined, manifest: dict, results: dict, o0_info: dict, out_dir: str, centred_by: str) -> Path:
+    """Write the reader with its glyph net: the reader's manifest with the new architecture,
+    the full-resolution input, the test figures with and without, and how the net was made."""
+    test, val = results["test"], results["validation"]
+    out = {k: v for k, v in manifest.items() if k not in ("name", "weights")}
+    out["architecture"], out["description"] = combined.config.to_dict(), combined.describe()
+    out["parameters"] = combined.num_parameters()
+    out["input"] = {**manifest["input"], "full_resolution": {
+        "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
+        "for": "the o/0 glyph net: the same preprocessing (grey, PIL bilinear) to the generator's 160x60; "
+               f"{combined.o0.config.width} px windows centred on {centred_by}, each standardised"}}
+    out["metrics"] = {**manifest["metrics"],
+                      "full_string_accuracy": round(test["with_o0"]["full_string_accuracy"], 5),
+                      "char_accuracy": round(test["with_o0"]["char_accuracy"], 5),
+                      "test_samples": test["count"],
+                      "test_errors": test["errors"][:50],
+                      "reader_alone": {"full_string_accuracy": round(test["alone"]["full_string_accuracy"], 5),
+                                       "char_accuracy": round(test["alone"]["char_accuracy"], 5),
+                                       "test_errors": test["errors_alone"][:50]}}
+    out["training"] = {**manifest["training"], "o0": {
+        **o0_info, "validation": {"alone": round(val["alone"]["full_string_accuracy"], 5),
+                                  "with_o0": round(val["with_o0"]["full_string_accuracy"], 5)}}}
+    json_path = save_checkpoint(combined, out, out_dir, f"captcha_{combined.config.variant}")
+    os.chmod(json_path.with_suffix(".safetensors"), 0o644)
+    return json_path
+
+
+@torch.inference_mode()
+def read_strings(reader, full: np.ndarray, batch: int = 500) -> list[str]:
     """Full-resolution captchas -> the reader's answers (with its glyph net, if it has one)."""
     h, w = reader.config.height, reader.config.width
     texts = []
@@ -165,16 +269,13 @@ def read_strings(reader: CaptchaSeq2Seq, full: np.ndarray, batch: int = 500) -> 
 def train(args) -> None:
     from tqdm import tqdm
 
-    from training.captcha import TEST_SEED, VAL_SEED
-    from training.captcha_data import generate_arrays
-
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     reader, manifest = load_checkpoint(args.reader)
-    if reader.config.o0 is not None:  # start from the reader alone
-        plain = CaptchaSeq2Seq(replace(reader.config, o0=None))
-        plain.load_state_dict({k: v for k, v in reader.state_dict().items() if not k.startswith("o0.")})
-        reader = plain.eval()
+    if not isinstance(reader, CaptchaSeq2Seq):
+        raise SystemExit(f"{args.reader}: the glyph net trains on the seq2seq reader's attention; "
+                         "attach it to a ctc reader afterwards with the `attach` command")
+    reader = without_o0(reader)  # start from the reader alone
     single_view = CaptchaSeq2Seq(replace(reader.config, test_time_shifts=[]))
     single_view.load_state_dict(reader.state_dict())
     single_view.eval()
@@ -223,67 +324,65 @@ def train(args) -> None:
         print(f"epoch {epoch}: validation o-vs-0 error {error:.2%} on {len(xva):,} windows "
               f"[{time.perf_counter() - start:.0f}s]", flush=True)
 
-    # How to weigh the glyph net against the reader: fitted where it will be used (the reader
-    # answered o or 0) on the validation windows.
     g = glyph_logits(net, xva)
     lp = val_lp[where_va[:, 0], where_va[:, 1]]  # (M, 36)
-    reader_logodds = lp[:, INDEX_ZERO] - lp[:, INDEX_O]
-    used = (lp.argmax(-1) == INDEX_O) | (lp.argmax(-1) == INDEX_ZERO)
-    mix = fit_mix(g[used], reader_logodds[used], yva[used])
-    errors = {name: int((((z > 0).float() != yva) & used).sum()) for name, z in
-              (("reader", reader_logodds), ("glyph", g), ("mix", mix[0] * g + mix[1] * reader_logodds))}
-    print(f"o/0 windows the reader answered o or 0: {int(used.sum()):,}; wrong: reader {errors['reader']}, glyph net "
-          f"{errors['glyph']}, mixed {mix} {errors['mix']}", flush=True)
+    mix, errors = mix_on_validation(g, lp[:, INDEX_ZERO] - lp[:, INDEX_O], lp.argmax(-1), yva)
     net.config = replace(config, mix=mix)
-
-    # The reader with its glyph net, scored as it serves on real (not o/0-rich) captchas.
-    combined = CaptchaSeq2Seq(replace(reader.config, o0=net.config.to_dict()))
-    combined.load_state_dict({**reader.state_dict(), **{f"o0.{k}": v for k, v in net.state_dict().items()}})
-    combined.eval()
-    results = {}
-    for name, seed, count in (("validation", VAL_SEED, args.val_samples), ("test", TEST_SEED, args.test_samples)):
-        full, labels, truth = generate_arrays(count, seed, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
-        truth = [decode_label(row) for row in labels]
-        alone = read_strings(reader, full)
-        both = read_strings(combined, full)
-        results[name] = {"alone": score_texts(alone, truth), "with_o0": score_texts(both, truth),
-                         "errors": [f"{t}->{p}" for t, p in zip(truth, both) if t != p],
-                         "errors_alone": [f"{t}->{p}" for t, p in zip(truth, alone) if t != p]}
-        print(f"{name} ({count:,} captchas, seed {seed}): reader alone full {results[name]['alone']['full_string_accuracy']:.2%}"
-              f" char {results[name]['alone']['char_accuracy']:.3%} | with the glyph net full "
-              f"{results[name]['with_o0']['full_string_accuracy']:.2%} char {results[name]['with_o0']['char_accuracy']:.3%}",
-              flush=True)
+    combined = with_o0(reader, net)
+    results = score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
     seconds = round(time.perf_counter() - start, 1)
-
-    test = results["test"]
-    out = {k: v for k, v in manifest.items() if k not in ("name", "weights")}
-    out["architecture"], out["description"] = combined.config.to_dict(), combined.describe()
-    out["parameters"] = combined.num_parameters()
-    out["input"] = {**manifest["input"], "full_resolution": {
-        "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
-        "for": "the o/0 glyph net: the same preprocessing (grey, PIL bilinear) to the generator's 160x60; "
-               f"{config.width} px windows centred on the reader's attention, each standardised"}}
-    out["metrics"] = {**manifest["metrics"],
-                      "full_string_accuracy": round(test["with_o0"]["full_string_accuracy"], 5),
-                      "char_accuracy": round(test["with_o0"]["char_accuracy"], 5),
-                      "test_samples": args.test_samples,
-                      "test_errors": test["errors"][:50],
-                      "reader_alone": {"full_string_accuracy": round(test["alone"]["full_string_accuracy"], 5),
-                                       "char_accuracy": round(test["alone"]["char_accuracy"], 5),
-                                       "test_errors": test["errors_alone"][:50]}}
-    out["training"] = {**manifest["training"], "o0": {
+    json_path = export(combined, manifest, results, {
         "how": "the reader's weights unchanged; a glyph CNN trained on windows of o/0-rich full-resolution captchas "
                "cut where the reader's attention centres, its weight against the reader fitted on validation windows",
         "data": {"train": train_meta, "validation": val_meta},
+        "parameters": sum(p.numel() for p in net.parameters()),
         "windows": len(xtr), "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "precision": args.precision, "seed": args.seed, "threads": args.threads, "jitter_px": margin,
         "samples_seen": args.epochs * steps_per_epoch * args.batch_size, "seconds": seconds, "history": history,
-        "mix": mix, "validation_window_errors": errors,
-        "validation": {"alone": round(results["validation"]["alone"]["full_string_accuracy"], 5),
-                       "with_o0": round(results["validation"]["with_o0"]["full_string_accuracy"], 5)},
-        "val_samples": args.val_samples}}
-    json_path = save_checkpoint(combined, out, args.out, "captcha_seq2seq")
-    os.chmod(json_path.with_suffix(".safetensors"), 0o644)
+        "mix": mix, "validation_window_errors": errors, "val_samples": args.val_samples},
+        args.out, "the reader's attention for the character")
+    print(f"wrote {json_path} [{seconds:.0f}s]")
+
+
+def attach(args) -> None:
+    """The glyph net trained for the seq2seq reader, attached to the ctc reader: windows centred
+    on the ctc runs' columns, its weight against the ctc reader fitted on validation windows."""
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    reader, manifest = load_checkpoint(args.reader)
+    if not isinstance(reader, CaptchaCTC):
+        raise SystemExit(f"{args.reader} is not a ctc reader")
+    reader = without_o0(reader)
+    source, source_manifest = load_checkpoint(args.glyph)
+    if source.o0 is None:
+        raise SystemExit(f"{args.glyph} carries no o/0 glyph net (train one with the `train` command)")
+    net = source.o0.eval()
+
+    val_full, val_labels, val_meta = load_o0_set(args.val)
+    answers, logodds, centres = locate_ctc(reader, val_full)
+    labels = torch.from_numpy(np.array(val_labels))
+    keep = ((labels == INDEX_O) | (labels == INDEX_ZERO)) & (answers >= 0)  # (N, 4) o/0 truths, lined up
+    if not bool(((answers[keep] == INDEX_O) | (answers[keep] == INDEX_ZERO)).any()):
+        raise SystemExit(f"{args.reader} read no o or 0 at an o/0 position of {args.val}: nothing to fit the mix on")
+    rows = keep.any(1).nonzero().squeeze(1)
+    windows = cut_windows(torch.from_numpy(np.array(val_full[rows.numpy()])), centres[rows], net.config.width,
+                          standardise=False)[keep[rows].flatten()]
+    g = glyph_logits(net, windows)
+    mix, errors = mix_on_validation(g, logodds[keep], answers[keep], (labels[keep] == INDEX_ZERO).float())
+    net.config = replace(net.config, mix=mix)
+    combined = with_o0(reader, net)
+    results = score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
+    seconds = round(time.perf_counter() - start, 1)
+    glyph_info = source_manifest["training"]["o0"]
+    json_path = export(combined, manifest, results, {
+        "how": f"the reader's weights unchanged; the glyph CNN of {Path(args.glyph).name} (trained on windows centred "
+               "by the seq2seq reader's attention) used as it is, its windows centred on this reader's CTC runs and "
+               "its weight against this reader fitted on validation windows",
+        "glyph_from": Path(args.glyph).name, "data": {"validation": val_meta},
+        "parameters": sum(p.numel() for p in net.parameters()),
+        **{k: glyph_info[k] for k in ("windows", "epochs", "samples_seen", "seconds") if k in glyph_info},
+        "attach_seconds": seconds, "mix": mix, "validation_window_errors": errors, "val_samples": args.val_samples},
+        args.out, "the columns of the character's CTC run")
     print(f"wrote {json_path} [{seconds:.0f}s]")
 
 
@@ -311,9 +410,19 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--val-samples", type=int, default=6000)
     t.add_argument("--test-samples", type=int, default=2000)
+    a = sub.add_parser("attach", help="attach the seq2seq reader's glyph net to the ctc reader")
+    a.add_argument("--val", required=True, help="an o/0-rich set to fit the mix on")
+    a.add_argument("--reader", default="models/weights/captcha_ctc.json")
+    a.add_argument("--glyph", default="models/weights/captcha_seq2seq.json", help="a seq2seq checkpoint with a glyph net")
+    a.add_argument("--out", default="models/weights")
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--val-samples", type=int, default=6000)
+    a.add_argument("--test-samples", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.command == "train":
         train(args)
+    elif args.command == "attach":
+        attach(args)
     elif args.command == "data":
         out = write_o0_set(args.out, args.count, args.seed, args.o0_share, args.workers)
         print(f"wrote {args.count} captchas to {out}")
