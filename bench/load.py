@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import io
 import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import time

@@ -7,7 +7,6 @@ step into Linear(64, 10)).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
