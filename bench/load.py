@@ -256,6 +256,55 @@ def in_process(models_dir: Path, threads: int, device: str = "cpu", batches=(1, 
     return rows
 
 
+def digit_ceiling(models_dir: Path, threads: int = 2, batch: int = 32, seconds: float = 4.0) -> dict:
+    """The served work of one default /predict/digit request, done in-process with no HTTP: PNG
+    decode, crop/centre (digit_canvas), the default digit net with its per-row answers and the
+    autoencoder's typicality, batched by `batch`, on `threads` worker threads (1 torch thread
+    each), the same CPUs as the server. The ceiling the served req/s is compared against."""
+    import threading
+
+    import numpy as np
+    import torch
+
+    from app.imaging import decode_image
+    from app.registry import ModelRegistry
+    from digit_strokes import drawn_digit
+    from models.autoencoder import per_image_mse, typicality
+    from models.preprocess import digit_canvas, to_autoencoder_tensor, to_digit_tensor
+
+    torch.set_num_threads(1)
+    registry = ModelRegistry(device=torch.device("cpu"))
+    registry.load_dir(models_dir)
+    digits = registry.pick("digits", None)
+    ae = registry.pick("autoencoder", None) if registry.variants("autoencoder") else None
+    data = png(drawn_digit(7))
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def work(k: int) -> None:
+        with torch.inference_mode():
+            while time.perf_counter() < stop:
+                canvases = [digit_canvas(decode_image(data, 40_000_000)) for _ in range(batch)]
+                stacked = np.stack(canvases)  # (B, 28, 28) in [0, 1]
+                logits, steps = digits.model(to_digit_tensor(stacked), return_steps=True)
+                logits.softmax(-1).tolist(), steps.softmax(-1).tolist()
+                if ae is not None:
+                    x = to_autoencoder_tensor(stacked)
+                    quantiles = ae.manifest["typicality"]["mse_quantiles"]
+                    [typicality(m, quantiles) for m in per_image_mse(ae.model(x), x).tolist()]
+                counts[k] += batch
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    return {"images_per_s": sum(counts) / elapsed, "threads": threads, "batch": batch,
+            "model": digits.variant, "typicality": ae is not None}
+
+
 # -- report ------------------------------------------------------------------------------------
 def server_stack() -> str:
     """What uvicorn picks by itself: httptools and uvloop when installed, else h11 and asyncio."""
@@ -273,7 +322,7 @@ def loadavg() -> str:
         return "n/a"
 
 
-def markdown(cells: list[Cell], inproc: list[tuple], conditions: dict) -> str:
+def markdown(cells: list[Cell], inproc: list[tuple], conditions: dict, ceiling: dict | None = None) -> str:
     lines = ["| endpoint | clients | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | non-200 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cells:
@@ -285,7 +334,22 @@ def markdown(cells: list[Cell], inproc: list[tuple], conditions: dict) -> str:
     for c in cells:
         if c.endpoint.startswith("POST") and c.concurrency in bare:
             ratios.append(f"| {c.endpoint} | {c.concurrency} | {c.rps / bare[c.concurrency].rps:.2f} |")
-    out = ["### Load (HTTP over loopback)", "", *lines, "", "Throughput relative to the bare endpoint at the same "
+    served = [c for c in cells if c.endpoint == "POST /predict/digit"]
+    ceiling_lines = []
+    if ceiling and served:
+        ceiling_lines = ["### /predict/digit against its in-process ceiling", "",
+                         f"The same work in-process, no HTTP (PNG decode, crop/centre, {ceiling['model']} with per-row "
+                         f"answers + autoencoder typicality, batches of {ceiling['batch']}, {ceiling['threads']} threads "
+                         f"of 1 torch thread, the server's CPUs): **{ceiling['images_per_s']:,.0f} images/s**.", "",
+                         "| clients | served req/s | ceiling images/s | served / ceiling | p50 ms | p99 ms | p99/p50 | non-200 |",
+                         "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in served:
+            bad = sum(v for k, v in c.statuses.items() if k != 200)
+            ceiling_lines.append(f"| {c.concurrency} | {c.rps:,.0f} | {ceiling['images_per_s']:,.0f} | "
+                                 f"{c.rps / ceiling['images_per_s']:.2f} | {c.pct(0.50):.1f} | {c.pct(0.99):.1f} | "
+                                 f"{c.pct(0.99) / c.pct(0.50):.1f} | {bad} |")
+        ceiling_lines.append("")
+    out = [*ceiling_lines, "### Load (HTTP over loopback)", "", *lines, "", "Throughput relative to the bare endpoint at the same "
            "concurrency (target for /predict/digit at 32 clients: >= 0.5, with p99 <= 4x p50):", "",
            "| endpoint | clients | x bare |", "|---|---:|---:|", *ratios, "",
            "### In-process (no HTTP)", "", "| what | batch | images/s | ms per call |", "|---|---:|---:|---:|"]
@@ -308,6 +372,7 @@ def main(argv=None) -> int:
     p.add_argument("--client-cpus", help="pin this process (the client) to these CPUs, e.g. 2,3")
     p.add_argument("--markdown", type=Path, help="also write the tables here")
     p.add_argument("--no-inprocess", action="store_true")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling of /predict/digit")
     args = p.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -363,6 +428,9 @@ def main(argv=None) -> int:
     device = env.get("RNNLAB_DEVICE", "cpu")
     device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     inproc = [] if args.no_inprocess else in_process(args.models_dir, threads or 1, device)
+    if server_cpus:  # the ceiling runs on the server's CPUs
+        os.sched_setaffinity(0, server_cpus)
+    ceiling = None if args.no_ceiling else digit_ceiling(args.models_dir)
     conditions = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "CPUs": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
@@ -375,7 +443,7 @@ def main(argv=None) -> int:
         "load average before / after": f"{load_before} / {loadavg()}",
         "per cell": f"<= {args.duration:g} s or <= {args.max_requests} requests",
     }
-    text = markdown(cells, inproc, conditions)
+    text = markdown(cells, inproc, conditions, ceiling)
     print()
     print(text)
     if args.markdown:
