@@ -13,6 +13,7 @@ from torch import nn
 
 from app.errors import ApiError
 from models.checkpoint import load_checkpoint
+from models.manifest import Manifest
 
 log = logging.getLogger("rnnlab")
 
@@ -26,16 +27,16 @@ class LoadedModel:
     name: str
     variant: str
     model: nn.Module
-    manifest: dict[str, Any]
+    manifest: Manifest
     device: torch.device
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         return {
-            "name": self.name, "task": m["task"], "variant": self.variant, "architecture": m["architecture"],
-            "parameters": m.get("parameters"), "metrics": m.get("metrics", {}), "input": m.get("input", {}),
-            "training": {k: v for k, v in m.get("training", {}).items() if k != "history"},
-            "torch_version": m.get("torch_version"), "device": str(self.device),
+            "name": self.name, "task": m.task, "variant": self.variant, "architecture": m.architecture,
+            "parameters": m.parameters, "metrics": m.metrics, "input": m.input,
+            "training": {k: v for k, v in m.training.items() if k != "history"},
+            "torch_version": m.torch_version, "device": str(self.device),
         }
 
 
@@ -56,10 +57,9 @@ class ModelRegistry:
                 log.error("could not load %s: %s", path, exc)
                 self.errors[path.name] = str(exc)
                 continue
-            variant = manifest.get("variant") or manifest.get("cell") or manifest["name"]
-            self.models.setdefault(manifest["task"], {})[variant] = LoadedModel(
-                manifest["name"], variant, model, manifest, self.device)
-            log.info("loaded %s (%s/%s) on %s", manifest["name"], manifest["task"], variant, self.device)
+            self.models.setdefault(manifest.task, {})[manifest.variant] = LoadedModel(
+                manifest.name, manifest.variant, model, manifest, self.device)
+            log.info("loaded %s (%s/%s) on %s", manifest.name, manifest.task, manifest.variant, self.device)
 
     @property
     def ready(self) -> bool:
@@ -73,7 +73,7 @@ class ModelRegistry:
         if not variants:
             return None
         metric = RANKING_METRIC.get(task)
-        return max(variants, key=lambda v: variants[v].manifest.get("metrics", {}).get(metric, 0.0))
+        return max(variants, key=lambda v: variants[v].manifest.metrics.get(metric, 0.0))
 
     def pick(self, task: str, variant: str | None) -> LoadedModel:
         variants = self.variants(task)

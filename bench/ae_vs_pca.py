@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     pca = pca_mse(train, test, [32, 64])
     ae, manifest = autoencoder_mse(args.weights, test)
 
-    code = manifest["architecture"]["code_size"]
+    code = manifest.architecture["code_size"]
     print(f"MNIST test set, {len(test):,} digits, pixels in [0, 1]; PCA fit on {len(train):,} training digits; "
-          f"autoencoder {args.weights.name} ({manifest['parameters']:,} parameters, "
-          f"{manifest['training']['epochs']} epochs); torch {torch.__version__}\n")
+          f"autoencoder {args.weights.name} ({manifest.parameters:,} parameters, "
+          f"{manifest.training['epochs']} epochs); torch {torch.__version__}\n")
     print("| method | code size | test MSE | PSNR (dB) | MSE / autoencoder's |")
     print("|---|---:|---:|---:|---:|")
     for k, (mse, clipped) in pca.items():

@@ -68,8 +68,8 @@ def main() -> None:
             pred = model(x).argmax(1)
         per_digit = [(pred[y == d] == d).float().mean().item() for d in range(10)]
         worst = int(np.argmin(per_digit))
-        print(f"| {manifest['cell']} | {(pred == y).float().mean().item():.1%} | {worst} ({per_digit[worst]:.0%}) "
-              f"| {manifest['metrics']['mnist_test_accuracy']:.2%} |")
+        print(f"| {manifest.variant} | {(pred == y).float().mean().item():.1%} | {worst} ({per_digit[worst]:.0%}) "
+              f"| {manifest.metrics['mnist_test_accuracy']:.2%} |")
 
 
 if __name__ == "__main__":

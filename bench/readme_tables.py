@@ -26,7 +26,7 @@ def _fmt_pct(v):
 
 def _row(m: dict) -> str:
     t, metrics = m.get("training", {}), m.get("metrics", {})
-    task, variant = m["task"], m.get("variant") or m.get("cell")
+    task, variant = m["task"], m["variant"]
     arch = m["architecture"]
     if task == "digits":
         desc = f"{arch['cell'].upper()} {arch['num_layers']}x{arch['hidden_size']}, 28 rows x 28 px"

@@ -123,16 +123,3 @@ def typicality(mse: float, quantiles: list[float]) -> float:
     levels = np.linspace(0.0, 1.0, len(q))
     # np.interp clamps outside [q0, q100]: below the best digit -> level 0 -> typicality 1.
     return float(round(1.0 - np.interp(mse, q, levels), 4))
-
-
-def _build(architecture: dict) -> ConvAutoencoder:
-    return ConvAutoencoder(AutoencoderConfig(**architecture))
-
-
-def _register() -> None:
-    from models.checkpoint import register
-
-    register("autoencoder", _build)
-
-
-_register()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,25 +20,6 @@ DRAWN_ALPHABET = string.digits + string.ascii_letters  # what captchas are drawn
 NUM_CHARS = len(CHARSET)  # 36
 CAPTCHA_LENGTH = 4
 _INDEX = {c: i for i, c in enumerate(CHARSET)}
-
-
-# Both networks are task "captcha"; the manifest's architecture["variant"] says which class
-# to build. Each network module adds itself here and registers this dispatcher for the task.
-_VARIANTS: dict[str, Callable[[dict], nn.Module]] = {}
-
-
-def register_variant(variant: str, builder: Callable[[dict], nn.Module]) -> None:
-    from models.checkpoint import register
-
-    _VARIANTS[variant] = builder
-    register("captcha", build_captcha)
-
-
-def build_captcha(architecture: dict) -> nn.Module:
-    variant = architecture.get("variant")
-    if variant not in _VARIANTS:
-        raise ValueError(f"unknown captcha variant {variant!r}; known: {sorted(_VARIANTS)}")
-    return _VARIANTS[variant](architecture)
 
 
 def encode_label(text: str) -> list[int]:

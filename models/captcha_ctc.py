@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.captcha_common import (CHARSET, NUM_CHARS, CaptchaReading, ConvColumns, char_reading,
-                                   decode_label, init_gru, register_variant)
+                                   decode_label, init_gru)
 from models.captcha_o0 import INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, cut_windows
 
 BLANK = 0  # CTC output 0 is the blank; output k (1..36) is CHARSET[k - 1]
@@ -183,10 +183,3 @@ def read_ctc(logits: torch.Tensor, runs: list[list[tuple[int, list[int]]]] | Non
             nll = -log_probs[:, i, BLANK].sum()
         readings.append(CaptchaReading(text, float(torch.exp(-nll)), chars))
     return readings
-
-
-def _build(architecture: dict) -> CaptchaCTC:
-    return CaptchaCTC(CaptchaCTCConfig(**architecture))
-
-
-register_variant("ctc", _build)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.captcha_common import (CAPTCHA_LENGTH, NUM_CHARS, CaptchaReading, ConvColumns, char_reading,
-                                   decode_label, init_gru, register_variant, shifted_views)
+                                   decode_label, init_gru, shifted_views)
 from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, attention_centres, cut_windows,
                                mix_o0)
 
@@ -189,10 +189,3 @@ def read_seq2seq(logits: torch.Tensor) -> list[CaptchaReading]:
         confidence = float(torch.tensor([c.confidence for c in chars]).prod())
         readings.append(CaptchaReading("".join(c.char for c in chars), confidence, chars))
     return readings
-
-
-def _build(architecture: dict) -> CaptchaSeq2Seq:
-    return CaptchaSeq2Seq(CaptchaSeq2SeqConfig(**architecture))
-
-
-register_variant("seq2seq", _build)

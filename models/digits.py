@@ -87,16 +87,3 @@ class DigitRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def _build(architecture: dict) -> DigitRNN:
-    return DigitRNN(DigitRNNConfig(**architecture))
-
-
-def _register() -> None:
-    from models.checkpoint import register
-
-    register("digits", _build)
-
-
-_register()

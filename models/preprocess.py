@@ -9,6 +9,9 @@ Two stages:
      `to_autoencoder_tensor(canvas)`: -> (B, 1, 28, 28) raw [0, 1] (the autoencoder).
 Training works on MNIST, which is already in stage-1 form, so it uses stage 2 only;
 serving and the pipeline evaluation use both.
+
+The prepare functions (`prepare_digit`, `prepare_captcha`) are what the catalog hands each
+task: an upload (PIL image) and the manifest's `input` contract -> the network's input.
 """
 
 from __future__ import annotations
@@ -128,6 +131,19 @@ def to_autoencoder_tensor(canvas: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1)
 
 
+def prepare_digit(image: Image.Image, contract: dict) -> tuple[torch.Tensor, np.ndarray]:
+    """An upload -> (network input (1, 28, 28), the canvas (28, 28) in [0, 1]) by a digit
+    manifest's input contract: the MNIST-layout canvas, then `normalize` {mean, std} (the RNNs)
+    or none (`normalize: null`, the autoencoder, which reads raw pixels). Both digit networks
+    take (B, 28, 28). Raises NoDigitError."""
+    canvas = digit_canvas(image)
+    norm = contract.get("normalize")
+    x = torch.from_numpy(canvas).unsqueeze(0)  # (1, 28, 28)
+    if norm:
+        x = (x - norm["mean"]) / norm["std"]
+    return x, canvas
+
+
 def canvas_to_image(canvas: np.ndarray, scale: int = 1) -> Image.Image:
     """A (H, W) [0, 1] array -> 8-bit grayscale PIL image, optionally enlarged (pixelated)."""
     img = Image.fromarray((np.clip(canvas, 0, 1) * 255).round().astype(np.uint8), "L")
@@ -172,6 +188,17 @@ def captcha_pixels(image: Image.Image, height: int = CAPTCHA_HEIGHT, width: int 
         # PIL's bilinear resize widens its kernel when shrinking, i.e. it is antialiased.
         gray = gray.resize((width, height), Image.Resampling.BILINEAR)
     return np.array(gray, dtype=np.uint8)  # a writable copy (PIL's buffer view is read-only)
+
+
+def prepare_captcha(image: Image.Image, contract: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An upload -> (reader input (1, 1, H, W), full-resolution grey pixels (1, H', W') or None)
+    by a captcha manifest's input contract: `height`/`width` for the reader, and
+    `full_resolution` {height, width} when the reader carries the o/0 glyph net."""
+    x = to_captcha_tensor(captcha_pixels(image, contract["height"], contract["width"]))
+    full = contract.get("full_resolution")
+    if full is None:
+        return x, None
+    return x, torch.from_numpy(captcha_pixels(image, full["height"], full["width"])).unsqueeze(0)
 
 
 def to_captcha_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:

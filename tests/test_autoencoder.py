@@ -120,13 +120,13 @@ def test_typicality_is_a_decreasing_share_in_0_1():
 
 def test_committed_manifest_meets_the_bar(committed):
     model, manifest = committed
-    assert manifest["task"] == "autoencoder"
-    assert manifest["architecture"]["code_size"] == 32
-    metrics = manifest["metrics"]
+    assert manifest.task == "autoencoder"
+    assert manifest.architecture["code_size"] == 32
+    metrics = manifest.metrics
     assert metrics["mnist_test_samples"] == 10_000
     assert metrics["mnist_test_mse"] <= MSE_BAR
     assert metrics["mnist_test_psnr"] == pytest.approx(10 * math.log10(1 / metrics["mnist_test_mse"]), abs=0.01)
-    quantiles = manifest["typicality"]["mse_quantiles"]
+    quantiles = manifest.typicality["mse_quantiles"]
     assert len(quantiles) == 101 and quantiles == sorted(quantiles)
     assert sum(t.numel() for t in model.state_dict().values()) * 4 < 2_000_000  # small weights
 
@@ -140,7 +140,7 @@ def test_committed_weights_reconstruct_mnist_at_the_manifest_mse(committed, mnis
         errors = per_image_mse(model(x), x)  # (2000,)
     # Sampling noise of a 2,000-digit mean (finite-population correction ignored: conservative).
     tolerance = 4 * errors.std().item() / math.sqrt(len(errors))
-    assert errors.mean().item() == pytest.approx(manifest["metrics"]["mnist_test_mse"], abs=tolerance)
+    assert errors.mean().item() == pytest.approx(manifest.metrics["mnist_test_mse"], abs=tolerance)
     assert errors.mean().item() <= MSE_BAR + tolerance
 
 

@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 
 from conftest import WEIGHTS_DIR, png_bytes
-from models.captcha_common import CHARSET, build_captcha, decode_label, encode_label, score_texts, shifted_views
+from models.captcha_common import CHARSET, decode_label, encode_label, score_texts, shifted_views
 from models.captcha_ctc import BLANK, CaptchaCTC, CaptchaCTCConfig, greedy_collapse, read_ctc
 from models.captcha_o0 import INDEX_O, INDEX_ZERO, O0GlyphConfig, attention_centres, cut_windows, mix_o0
 from models.captcha_seq2seq import CaptchaSeq2Seq, CaptchaSeq2SeqConfig, read_seq2seq
+from models.catalog import build
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.manifest import Manifest
 from models.preprocess import (CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, CAPTCHA_HEIGHT, CAPTCHA_WIDTH, captcha_pixels,
                                to_captcha_tensor)
 from training.captcha import TEST_SEED, VAL_SEED
@@ -221,7 +223,7 @@ def test_checkpoint_round_trip(tmp_path, make):
                            tmp_path, f"captcha_{arch['variant']}")
     loaded, manifest = load_checkpoint(path)
     assert type(loaded) is type(model) and not loaded.training
-    assert manifest["architecture"] == arch
+    assert manifest.architecture == arch
     x = torch.randn(2, 1, 32, 96)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
@@ -335,8 +337,10 @@ def test_ctc_o0_windows_centre_on_the_run():
 
 
 def test_unknown_variant_is_refused():
-    with pytest.raises(ValueError, match="unknown captcha variant"):
-        build_captcha({"variant": "transformer"})
+    with pytest.raises(ValueError, match="no network in the catalog for captcha/transformer"):
+        build(Manifest(task="captcha", variant="transformer", architecture={}))
+    with pytest.raises(ValueError, match="manifest variant 'ctc' but architecture variant 'seq2seq'"):
+        build(Manifest(task="captcha", variant="ctc", architecture={"variant": "seq2seq"}))
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -452,14 +456,14 @@ def allowed_errors(n: int, accuracy: float) -> int:
 @pytest.mark.parametrize("variant", ["ctc", "seq2seq"])
 def test_committed_weights_read_fresh_captchas_at_manifest_accuracy(variant, check_set):
     model, manifest = committed(variant)
-    assert manifest["task"] == "captcha" and manifest["variant"] == variant
-    assert manifest["charset"] == CHARSET
-    assert manifest["metrics"]["test_seed"] not in (CHECK_SEED, VAL_SEED)
+    assert manifest.task == "captcha" and manifest.variant == variant
+    assert manifest.charset == CHARSET
+    assert manifest.metrics["test_seed"] not in (CHECK_SEED, VAL_SEED)
     pixels, labels, _, full = check_set
     scores = score_texts(read_as_served(model, pixels, full), labels)
     full_errors = round((1 - scores["full_string_accuracy"]) * len(labels))
     char_errors = round((1 - scores["char_accuracy"]) * 4 * len(labels))
-    metrics = manifest["metrics"]
+    metrics = manifest.metrics
     assert full_errors <= allowed_errors(len(labels), metrics["full_string_accuracy"]), (scores, metrics)
     assert char_errors <= allowed_errors(4 * len(labels), metrics["char_accuracy"]), (scores, metrics)
 
@@ -469,9 +473,9 @@ def test_committed_manifests_carry_the_held_out_figures():
     stay within their share of the project's weight budget."""
     ctc, seq = committed("ctc")[1], committed("seq2seq")[1]
     for m in (ctc, seq):
-        assert m["metrics"]["test_samples"] == 2000 and m["metrics"]["test_seed"] == TEST_SEED
-        assert 0 < m["metrics"]["full_string_accuracy"] <= m["metrics"]["char_accuracy"] <= 1
-        assert m["training"]["samples_seen"] > 0 and m["training"]["seconds"] > 0
+        assert m.metrics["test_samples"] == 2000 and m.metrics["test_seed"] == TEST_SEED
+        assert 0 < m.metrics["full_string_accuracy"] <= m.metrics["char_accuracy"] <= 1
+        assert m.training["samples_seen"] > 0 and m.training["seconds"] > 0
     sizes = sum((WEIGHTS_DIR / f"captcha_{v}.safetensors").stat().st_size for v in ("ctc", "seq2seq"))
     assert sizes < 8 * 2**20
 

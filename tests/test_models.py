@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from models.catalog import CATALOG, build, config_for
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.digits import DigitRNN, DigitRNNConfig
+from models.manifest import Manifest
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
 
 CONFIGS = [
     DigitRNNConfig(cell="rnn", hidden_size=64, num_layers=7),
@@ -72,14 +77,62 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, config):
     x = torch.randn(3, 28, 28)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert loaded_manifest["name"] == f"digits_{config.cell}"
+    assert loaded_manifest.name == f"digits_{config.cell}"
 
 
 def test_checkpoint_with_wrong_shapes_is_rejected(tmp_path):
     model = DigitRNN(CONFIGS[2])
-    json_path = save_checkpoint(model, {"task": "digits", "architecture": CONFIGS[2].to_dict()}, tmp_path, "m")
+    json_path = save_checkpoint(model, {"task": "digits", "variant": "gru", "architecture": CONFIGS[2].to_dict()},
+                                tmp_path, "m")
     manifest = json.loads(json_path.read_text())
     manifest["architecture"]["hidden_size"] = 48  # no longer matches the stored tensors
     json_path.write_text(json.dumps(manifest))
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_checkpoint(json_path)
+
+
+# -- the manifest schema and the catalog -----------------------------------------------------
+def test_every_committed_manifest_reads_and_writes_back_unchanged():
+    for path in sorted(WEIGHTS.glob("*.json")):
+        raw = json.loads(path.read_text())
+        manifest = Manifest.from_dict(raw)
+        assert manifest.to_dict() == raw, path.name  # one schema: nothing lost, nothing renamed
+        assert (manifest.task, manifest.variant) in CATALOG
+        assert manifest.name == path.stem and manifest.input, path.name
+
+
+def test_a_manifest_written_before_the_shared_schema_still_loads(tmp_path):
+    """Digit manifests used to name the variant `cell`."""
+    model = DigitRNN(CONFIGS[1]).eval()
+    json_path = save_checkpoint(model, {"task": "digits", "variant": "lstm", "architecture": CONFIGS[1].to_dict()},
+                                tmp_path, "old")
+    legacy = json.loads(json_path.read_text())
+    legacy["cell"] = legacy.pop("variant")
+    json_path.write_text(json.dumps(legacy))
+    loaded, manifest = load_checkpoint(json_path)
+    assert manifest.variant == "lstm" and "cell" not in manifest.to_dict()
+    x = torch.randn(2, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 3}, "unknown keys \\['epochs'\\]"),
+    ({"variant": None}, "lacks \\['variant'\\]"),
+    ({"architecture": [1, 2]}, "must be an object"),
+])
+def test_a_manifest_outside_the_schema_is_refused(change, message):
+    data = {"task": "digits", "variant": "gru", "architecture": CONFIGS[2].to_dict(), **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(ValueError, match=message):
+        Manifest.from_dict(data)
+
+
+def test_the_catalog_builds_each_variant_from_its_config():
+    for (task, variant), spec in CATALOG.items():
+        manifest = Manifest(task=task, variant=variant,
+                            architecture=spec.config(**({"cell": variant} if task == "digits" else {})).__dict__)
+        assert isinstance(build(manifest), spec.network)
+        assert isinstance(config_for(manifest), spec.config)
+    with pytest.raises(ValueError, match="manifest variant 'gru' but architecture cell 'lstm'"):
+        build(Manifest(task="digits", variant="gru", architecture={"cell": "lstm"}))

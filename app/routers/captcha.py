@@ -45,7 +45,7 @@ def _prepare(entry: LoadedModel, data: bytes, max_pixels: int) -> tuple[torch.Te
     """Upload bytes -> the model's input (1, 1, H, W), through the preprocessing training used,
     and for a reader with the o/0 glyph net also the image at the generator's size (1, 60, 160)."""
     image = decode_image(data, max_pixels)
-    spec = entry.manifest["input"]
+    spec = entry.manifest.input
     x = to_captcha_tensor(captcha_pixels(image, spec["height"], spec["width"]))  # any size/mode in
     full_spec = spec.get("full_resolution")
     if full_spec is None:

@@ -111,7 +111,7 @@ def interpolate_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, int]])
 
 
 def _typicality(entry: LoadedModel, mse: float) -> float | None:
-    quantiles = entry.manifest.get("typicality", {}).get("mse_quantiles")
+    quantiles = (entry.manifest.typicality or {}).get("mse_quantiles")
     return typicality(mse, quantiles) if quantiles else None
 
 
