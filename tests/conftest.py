@@ -1,8 +1,8 @@
-"""Shared fixtures: the MNIST data root, the app on the committed weights, image helpers."""
+"""Shared fixtures: the MNIST data root, the app on the committed weights, MNIST images.
+Drawn digits, PNG bytes and the service in a subprocess are in testkit/."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -49,12 +49,6 @@ def client():
     app = create_app(Settings(models_dir=WEIGHTS_DIR, device="cpu"))
     with TestClient(app) as c:
         yield c
-
-
-def png_bytes(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def mnist_image(digit_array, scale: int = 1) -> Image.Image:

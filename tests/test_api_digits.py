@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import mnist_image, png_bytes
-from digit_strokes import drawn_digit
+from conftest import mnist_image
+from testkit import drawn_digit, png_bytes
 
 CELLS = ["rnn", "lstm", "gru"]
 

@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 from models.autoencoder import AutoencoderConfig, ConvAutoencoder, per_image_mse, typicality
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.preprocess import to_autoencoder_tensor
-from conftest import WEIGHTS_DIR, mnist_image, png_bytes
-from digit_strokes import drawn_digit
+from conftest import WEIGHTS_DIR, mnist_image
+from testkit import drawn_digit, png_bytes
 
 AE_JSON = WEIGHTS_DIR / "autoencoder.json"
 MSE_BAR = 0.0030  # issue 4: five times better than PCA with the same 32 numbers

@@ -2,7 +2,7 @@
 
 The real service runs in a subprocess (uvicorn on a free loopback port) on the committed
 weights in models/weights. Digits are drawn with mouse moves (and, at phone size, touch)
-along the pen paths of tests/digit_strokes.py. Screenshots of each panel go to
+along the pen paths of testkit/drawing.py. Screenshots of each panel go to
 artifacts/browser/ (gitignored); with RNNLAB_UPDATE_SCREENSHOT=1, one desktop view also goes to docs/screenshot.png for the README.
 
 Needs `playwright` (the dev extra) and Chromium at /usr/bin/chromium (`apt-get install
@@ -16,17 +16,13 @@ import base64
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import IN_CI, REPO_ROOT, WEIGHTS_DIR
-from digit_strokes import digit_paths
+from testkit import digit_paths, running_service
 
 CHROMIUM = Path(os.environ.get("RNNLAB_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -65,12 +61,6 @@ def browser(playwright_api):
     b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
@@ -81,37 +71,14 @@ def server(tmp_path_factory):
     """The real service on the committed weights: {"url", "catalog": {task: [variants]}, "defaults"}."""
     if not any(WEIGHTS_DIR.glob("digits_*.json")):
         _skip_or_fail(f"no digit weights in {WEIGHTS_DIR}; train them with `python -m training.digits`")
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "uvicorn.log"
-    env = {**os.environ, "RNNLAB_MODELS_DIR": str(WEIGHTS_DIR), "RNNLAB_DEVICE": "cpu",
-           "RNNLAB_TORCH_THREADS": "1", "RNNLAB_LOG_LEVEL": "warning"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the service exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                _get_json(url + "/healthz")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the service did not start in 120 s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.3)
-        models = _get_json(url + "/models")
+    env = {"RNNLAB_MODELS_DIR": str(WEIGHTS_DIR), "RNNLAB_DEVICE": "cpu", "RNNLAB_TORCH_THREADS": "1",
+           "RNNLAB_LOG_LEVEL": "warning"}
+    with running_service(env, log_path=tmp_path_factory.mktemp("server") / "uvicorn.log") as service:
+        models = _get_json(service.url + "/models")
         catalog: dict[str, list[str]] = {}
         for m in models["models"]:
             catalog.setdefault(m["task"], []).append(m["variant"])
-        yield {"url": url, "catalog": catalog, "defaults": models["defaults"]}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        yield {"url": service.url, "catalog": catalog, "defaults": models["defaults"]}
 
 
 class Page:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import WEIGHTS_DIR, png_bytes
+from conftest import WEIGHTS_DIR
 from models.captcha_common import CHARSET, decode_label, encode_label, score_texts, shifted_views
 from models.captcha_ctc import BLANK, CaptchaCTC, CaptchaCTCConfig, greedy_collapse, read_ctc
 from models.captcha_o0 import INDEX_O, INDEX_ZERO, O0GlyphConfig, attention_centres, cut_windows, mix_o0
@@ -23,6 +23,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.manifest import Manifest
 from models.preprocess import (CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, CAPTCHA_HEIGHT, CAPTCHA_WIDTH, captcha_pixels,
                                to_captcha_tensor)
+from testkit import png_bytes
 from training.captcha import TEST_SEED, VAL_SEED
 from training.captcha_data import (CaptchaGenerator, generate_arrays, label_from_filename, list_labelled_folder,
                                    load_labelled_folder, write_labelled_folder)

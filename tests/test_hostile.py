@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import WEIGHTS_DIR, png_bytes
-from digit_strokes import drawn_digit
+from conftest import WEIGHTS_DIR
+from testkit import drawn_digit, png_bytes
 
 
 def _endpoints() -> list[tuple[str, list[str], list[str]]]:

@@ -10,8 +10,7 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.observability import JsonFormatter, request_id_var
-from conftest import png_bytes
-from digit_strokes import drawn_digit
+from testkit import drawn_digit, png_bytes
 
 
 def scrape(client) -> dict[str, float]:

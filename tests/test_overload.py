@@ -12,8 +12,8 @@ import pytest
 
 from app.batching import ModelBatcher
 from app.errors import ApiError
-from conftest import WEIGHTS_DIR, png_bytes
-from digit_strokes import drawn_digit
+from conftest import WEIGHTS_DIR
+from testkit import drawn_digit, png_bytes
 
 
 # -- the batcher on its own --------------------------------------------------------------------

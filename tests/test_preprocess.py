@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import mnist_image
-from digit_strokes import drawn_digit
 from models.preprocess import NoDigitError, digit_canvas, to_digit_tensor
+from testkit import drawn_digit
 
 # A handful of real test digits of different classes (indices into the MNIST test set).
 SAMPLE = [0, 1, 2, 3, 4, 7, 8, 11, 18, 61]

@@ -3,7 +3,7 @@
 // rotation, layout changes, devicePixelRatio) without losing the drawing, and the export is
 // rendered at a fixed size whatever the screen.
 
-export const EXPORT_SIZE = 280; // px; with INK_RATIO this is the 22 px pen of tests/digit_strokes.py
+export const EXPORT_SIZE = 280; // px; with INK_RATIO this is the 22 px pen of testkit/drawing.py
 export const INK_RATIO = 22 / 280; // pen width as a fraction of the canvas side
 
 export function drawStrokes(ctx, strokes, size, { ink = "#111827", ratio = INK_RATIO } = {}) {

@@ -1,4 +1,4 @@
-// Example pen paths for the ten digits: the same control points as tests/digit_strokes.py,
+// Example pen paths for the ten digits: the same control points as testkit/drawing.py,
 // so "the example 7" on the page is the drawing the tests and benchmarks use.
 // Unit square, y down; each digit is a list of strokes, each stroke a list of [x, y].
 

@@ -1,6 +1,8 @@
-"""Hand-designed pen paths for the ten digits, rendered the way the demo page's canvas
-draws them (thick round strokes). Shared by the API tests, the canvas benchmark and the
-browser tests, so "a drawn 7" means the same thing everywhere.
+"""Drawn digits and image bytes for the tests and the benches.
+
+Hand-designed pen paths for the ten digits, rendered the way the demo page's canvas draws
+them (thick round strokes), so "a drawn 7" means the same thing in the API tests, the browser
+tests and the benches.
 
 Coordinates are in the unit square, y pointing down. Each digit has one or more variants;
 each variant is a list of strokes; each stroke a list of (x, y) control points that are
@@ -9,6 +11,7 @@ smoothed with a Catmull-Rom spline.
 
 from __future__ import annotations
 
+import io
 import math
 import random
 
@@ -90,7 +93,15 @@ def render_canvas(paths, size: int = 280, width: float = 22, ink=(0, 0, 0, 255),
 
 def drawn_digit(digit: int, variant: int = 0, seed: int | None = None, size: int = 280, width: float | None = None,
                 **colours) -> Image.Image:
+    """`digit` as the demo page's canvas exports it; with `seed`, jittered like a person's hand."""
     rng = random.Random(seed) if seed is not None else None
     if width is None:
         width = rng.uniform(14, 30) if rng else 22
     return render_canvas(digit_paths(digit, variant, size, rng), size, width, **colours)
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    """`image` encoded as `fmt` (PNG unless told), as an upload's bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
