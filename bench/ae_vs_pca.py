@@ -14,18 +14,16 @@ autoencoder's sigmoid output is by construction (issue 4's 0.0152 / 0.0078 are t
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from models.autoencoder import per_image_mse, psnr
+from models.checkpoint import load_checkpoint
+from models.preprocess import to_autoencoder_tensor
+from training.common import default_data_root, load_mnist
 
-from models.autoencoder import per_image_mse, psnr  # noqa: E402
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.preprocess import to_autoencoder_tensor  # noqa: E402
-from training.common import default_data_root, load_mnist  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pca_mse(train: torch.Tensor, test: torch.Tensor, components: list[int]) -> dict[int, tuple[float, float]]:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from training.captcha_data import ALPHABET, seeded_captcha  # noqa: E402
+from training.captcha_data import ALPHABET, seeded_captcha
 
 TARGETS = "oO0"  # classes 0, 1, 2
 

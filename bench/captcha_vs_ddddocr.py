@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from models.captcha_common import score_texts
+from models.checkpoint import load_checkpoint
+from models.preprocess import captcha_pixels, to_captcha_tensor
+from testkit import png_bytes
+from training.captcha import TEST_SEED
+from training.captcha_data import CaptchaGenerator
 
-from models.captcha_common import score_texts  # noqa: E402
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.preprocess import captcha_pixels, to_captcha_tensor  # noqa: E402
-from training.captcha import TEST_SEED  # noqa: E402
-from training.captcha_data import CaptchaGenerator  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rnnlab_reader(json_path: Path):
@@ -105,9 +105,7 @@ def main() -> None:
     pngs, labels = [], []
     for _ in range(args.count):
         text, img = gen.sample()
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        pngs.append(buf.getvalue())
+        pngs.append(png_bytes(img))
         labels.append(text.lower())
 
     readers = []

@@ -9,26 +9,13 @@ canvas-style PNG sequentially (concurrency 1) to each model, and prints p50/p95/
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from digit_strokes import drawn_digit  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testkit import drawn_digit, png_bytes, running_service
 
 
 def main() -> None:
@@ -36,26 +23,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                               "--port", str(port), "--log-level", "warning"], cwd=ROOT,
-                              env={**os.environ, "RNNLAB_DEVICE": "cpu", "RNNLAB_LOG_LEVEL": "warning"},
-                              stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=30) as client:
-            for _ in range(300):
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            else:
-                raise SystemExit("service did not become ready")
-            buf = io.BytesIO()
-            drawn_digit(7).save(buf, format="PNG")
-            png = buf.getvalue()
+    env = {"RNNLAB_DEVICE": "cpu", "RNNLAB_LOG_LEVEL": "warning"}
+    with running_service(env, ["--log-level", "warning"]) as service:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            png = png_bytes(drawn_digit(7))
             print(f"{args.requests} sequential requests per model, {len(png):,}-byte 280x280 PNG, "
                   f"{os.cpu_count()} CPUs\n")
             print("| model | p50 ms | p95 ms | mean ms |")
@@ -72,9 +43,6 @@ def main() -> None:
                 times.sort()
                 print(f"| {model} | {statistics.median(times):.1f} | {times[int(0.95 * len(times)) - 1]:.1f} "
                       f"| {statistics.mean(times):.1f} |")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

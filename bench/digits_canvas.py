@@ -3,7 +3,7 @@ preprocessing: what the demo page sends, not what MNIST looks like.
 
     .venv/bin/python bench/digits_canvas.py [--per-digit 50] [--seed 7]
 
-The drawings come from tests/digit_strokes.py (hand-designed pen paths per digit, several
+The drawings come from testkit/drawing.py (hand-designed pen paths per digit, several
 variants) with random slant, aspect, size, position, wobble and pen width (14-30 px on a
 280 px canvas), exported as transparent PNG, black-on-white PNG, or black-on-white JPEG.
 """
@@ -13,20 +13,17 @@ from __future__ import annotations
 import argparse
 import io
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from models.checkpoint import load_checkpoint
+from models.preprocess import digit_canvas, to_digit_tensor
+from testkit import STROKES, drawn_digit, png_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from digit_strokes import STROKES, drawn_digit  # noqa: E402
-
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.preprocess import digit_canvas, to_digit_tensor  # noqa: E402
 
 
 def as_upload(img: Image.Image, kind: str) -> Image.Image:
@@ -36,9 +33,7 @@ def as_upload(img: Image.Image, kind: str) -> Image.Image:
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         white.alpha_composite(img)
         data, fmt = white.convert("RGB"), ("PNG" if kind == "white_png" else "JPEG")
-    buf = io.BytesIO()
-    data.save(buf, format=fmt, **({"quality": 75} if fmt == "JPEG" else {}))
-    return Image.open(io.BytesIO(buf.getvalue()))
+    return Image.open(io.BytesIO(png_bytes(data, fmt, **({"quality": 75} if fmt == "JPEG" else {}))))
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ import io
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.request import urlopen
 
+from testkit import free_port, running_service
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # digit_strokes: the same drawn digits the tests use
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -67,7 +65,7 @@ def png(image) -> bytes:
 
 
 def build_endpoints(models: dict[str, list[str]]) -> list[Endpoint]:
-    from digit_strokes import drawn_digit
+    from testkit import drawn_digit
 
     def expect_json(key, value=None):
         def check(status, body):
@@ -170,12 +168,6 @@ async def run_cell(port: int, ep: Endpoint, concurrency: int, duration: float, m
 
 
 # -- the server --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def parse_cpus(text: str | None) -> set[int] | None:
     """'0,1' or '0-3' or '0-1,4' -> {0, 1, ...}; None/'' -> None (no pinning)."""
     if not text:
@@ -185,29 +177,6 @@ def parse_cpus(text: str | None) -> set[int] | None:
         lo, _, hi = part.partition("-")
         cpus.update(range(int(lo), int(hi or lo) + 1))
     return cpus
-
-
-def start_server(port: int, env_overrides: dict[str, str], log_path: Path, cpus: set[int] | None) -> subprocess.Popen:
-    env = {**os.environ, "RNNLAB_BENCH_ROUTES": "true", **env_overrides}
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-           "--no-access-log"]
-    log = open(log_path, "w")
-    # Pinning the server to a few CPUs stands for a container's CPU limit (docker-compose.yml).
-    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text()[-3000:]
-            raise RuntimeError(f"server exited with {proc.returncode}; the end of {log_path}:\n{tail}")
-        try:
-            with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.terminate()
-    raise RuntimeError(f"server not ready within 120 s; see {log_path}")
 
 
 def fetch_json(port: int, path: str) -> dict:
@@ -223,8 +192,8 @@ def in_process(models_dir: Path, threads: int, device: str = "cpu", batches=(1, 
 
     from app.imaging import decode_image
     from app.registry import ModelRegistry
-    from digit_strokes import drawn_digit
     from models.preprocess import digit_canvas, to_digit_tensor
+    from testkit import drawn_digit
 
     torch.set_num_threads(threads)
     registry = ModelRegistry(device=torch.device(device))
@@ -268,9 +237,9 @@ def digit_ceiling(models_dir: Path, threads: int = 2, batch: int = 32, seconds: 
 
     from app.imaging import decode_image
     from app.registry import ModelRegistry
-    from digit_strokes import drawn_digit
     from models.autoencoder import per_image_mse, typicality
     from models.preprocess import digit_canvas, to_autoencoder_tensor, to_digit_tensor
+    from testkit import drawn_digit
 
     torch.set_num_threads(1)
     registry = ModelRegistry(device=torch.device("cpu"))
@@ -387,15 +356,16 @@ def main(argv=None) -> int:
     port = free_port()
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rnnlab-bench-{port}.log"
     load_before = loadavg()
-    server = start_server(port, env, log_path, server_cpus)
     cells: list[Cell] = []
-    try:
+    # Pinning the server to a few CPUs stands for a container's CPU limit (docker-compose.yml).
+    with running_service({"RNNLAB_BENCH_ROUTES": "true", **env}, ["--no-access-log"], cpus=server_cpus, port=port,
+                         log_path=log_path) as server:
         ready = fetch_json(port, "/readyz")
         endpoints = build_endpoints(ready["models"])
         if args.only:
             wanted = args.only.split(",")
             endpoints = [e for e in endpoints if any(w in e.name for w in wanted)]
-        print(f"server pid {server.pid} on 127.0.0.1:{port}; models {ready['models']}", flush=True)
+        print(f"server pid {server.process.pid} on 127.0.0.1:{port}; models {ready['models']}", flush=True)
         for ep in endpoints:
             asyncio.run(run_cell(port, ep, 4, 30.0, args.warmup))
             for level in levels:
@@ -408,12 +378,6 @@ def main(argv=None) -> int:
                       flush=True)
         metrics = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         settings_seen = {k: v for k, v in env.items() if k != "RNNLAB_MODELS_DIR"}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
     batch_lines = [ln for ln in metrics.splitlines() if ln.startswith(("rnnlab_batch_size_sum", "rnnlab_batch_size_count"))]
     sums = {}
     for ln in batch_lines:

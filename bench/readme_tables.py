@@ -92,9 +92,6 @@ def _stage(soup: dict) -> str:
 
 
 def _glyph_parameters(config: dict) -> int:
-    import sys
-
-    sys.path.insert(0, str(ROOT))
     from models.captcha_o0 import O0GlyphConfig, O0GlyphNet
 
     return sum(p.numel() for p in O0GlyphNet(O0GlyphConfig(**config)).parameters())
