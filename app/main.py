@@ -13,10 +13,9 @@ from fastapi.staticfiles import StaticFiles
 from app.batching import BatchingPool, default_torch_threads
 from app.errors import install_error_handlers
 from app.observability import configure_logging, install_observability
+from app.inference import Services
 from app.registry import ModelRegistry
-from app.routers import digits, health
-from app.routers import reconstruct
-from app.routers import captcha
+from app.routers import captcha, digits, health, reconstruct
 from app.settings import Settings, get_settings
 from models.device import resolve_device
 
@@ -34,13 +33,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads or default_torch_threads())
         registry = ModelRegistry(device=resolve_device(settings.device))
         registry.load_dir(settings.models_dir)
-        app.state.registry = registry
         # Per-model micro-batching + admission control (app/batching.py), made in this event loop.
-        app.state.batching = BatchingPool(settings, observe=app.state.metrics.observe_batch)
+        batching = BatchingPool(settings, observe=app.state.metrics.observe_batch)
+        # Handlers get these through FastAPI dependencies (app/inference.py); registry and
+        # batching stay on app.state too for /metrics' collector and for tests.
+        app.state.services = Services(settings, registry, batching)
+        app.state.registry, app.state.batching = registry, batching
         log.info("ready=%s models=%s errors=%s", registry.ready,
                  {t: sorted(v) for t, v in registry.models.items()}, registry.errors)
         yield
-        await app.state.batching.close()
+        await batching.close()
 
     app = FastAPI(
         title="rnnlab",

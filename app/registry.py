@@ -12,15 +12,11 @@ import torch
 from torch import nn
 
 from app.errors import ApiError
+from models.catalog import ModelSpec, spec_for
 from models.checkpoint import load_checkpoint
 from models.manifest import Manifest
 
 log = logging.getLogger("rnnlab")
-
-# Which manifest metric ranks the variants of a task (higher is better) when a request
-# names no model.
-RANKING_METRIC = {"digits": "mnist_test_accuracy", "captcha": "full_string_accuracy"}
-
 
 @dataclass
 class LoadedModel:
@@ -29,6 +25,7 @@ class LoadedModel:
     model: nn.Module
     manifest: Manifest
     device: torch.device
+    spec: ModelSpec  # the catalog row: config, network, prepare function
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
@@ -58,7 +55,7 @@ class ModelRegistry:
                 self.errors[path.name] = str(exc)
                 continue
             self.models.setdefault(manifest.task, {})[manifest.variant] = LoadedModel(
-                manifest.name, manifest.variant, model, manifest, self.device)
+                manifest.name, manifest.variant, model, manifest, self.device, spec_for(manifest.task, manifest.variant))
             log.info("loaded %s (%s/%s) on %s", manifest.name, manifest.task, manifest.variant, self.device)
 
     @property
@@ -72,8 +69,8 @@ class ModelRegistry:
         variants = self.variants(task)
         if not variants:
             return None
-        metric = RANKING_METRIC.get(task)
-        return max(variants, key=lambda v: variants[v].manifest.metrics.get(metric, 0.0))
+        # The catalog names the manifest metric that ranks a task's variants (higher is better).
+        return max(variants, key=lambda v: variants[v].manifest.metrics.get(variants[v].spec.ranking_metric, 0.0))
 
     def pick(self, task: str, variant: str | None) -> LoadedModel:
         variants = self.variants(task)

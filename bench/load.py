@@ -226,26 +226,25 @@ def in_process(models_dir: Path, threads: int, device: str = "cpu", batches=(1, 
 
 
 def digit_ceiling(models_dir: Path, threads: int = 2, batch: int = 32, seconds: float = 4.0) -> dict:
-    """The served work of one default /predict/digit request, done in-process with no HTTP: PNG
-    decode, crop/centre (digit_canvas), the default digit net with its per-row answers and the
-    autoencoder's typicality, batched by `batch`, on `threads` worker threads (1 torch thread
-    each), the same CPUs as the server. The ceiling the served req/s is compared against."""
+    """The served work of one default /predict/digit request, done in-process with no HTTP: the
+    route's own prepare step (PNG decode, crop/centre by the manifest's input contract) and its
+    own batch function (the default digit net with its per-row answers and the autoencoder's
+    typicality), in batches of `batch`, on `threads` worker threads of 1 torch thread each.
+    The ceiling the served req/s is compared against (run it on the server's CPUs)."""
     import threading
 
-    import numpy as np
     import torch
 
-    from app.imaging import decode_image
+    from app.inference import prepare_upload
     from app.registry import ModelRegistry
-    from models.autoencoder import per_image_mse, typicality
-    from models.preprocess import digit_canvas, to_autoencoder_tensor, to_digit_tensor
+    from app.routers.digits import DigitReader, digit_batch
     from testkit import drawn_digit
 
     torch.set_num_threads(1)
     registry = ModelRegistry(device=torch.device("cpu"))
     registry.load_dir(models_dir)
-    digits = registry.pick("digits", None)
-    ae = registry.pick("autoencoder", None) if registry.variants("autoencoder") else None
+    entry = registry.pick("digits", None)
+    reader = DigitReader(entry, registry.pick("autoencoder", None) if registry.variants("autoencoder") else None)
     data = png(drawn_digit(7))
     counts = [0] * threads
     stop = time.perf_counter() + seconds
@@ -253,14 +252,8 @@ def digit_ceiling(models_dir: Path, threads: int = 2, batch: int = 32, seconds: 
     def work(k: int) -> None:
         with torch.inference_mode():
             while time.perf_counter() < stop:
-                canvases = [digit_canvas(decode_image(data, 40_000_000)) for _ in range(batch)]
-                stacked = np.stack(canvases)  # (B, 28, 28) in [0, 1]
-                logits, steps = digits.model(to_digit_tensor(stacked), return_steps=True)
-                logits.softmax(-1).tolist(), steps.softmax(-1).tolist()
-                if ae is not None:
-                    x = to_autoencoder_tensor(stacked)
-                    quantiles = ae.manifest["typicality"]["mse_quantiles"]
-                    [typicality(m, quantiles) for m in per_image_mse(ae.model(x), x).tolist()]
+                items = [prepare_upload(entry, data, 40_000_000) for _ in range(batch)]
+                digit_batch(reader, items)
                 counts[k] += batch
 
     started = time.perf_counter()
@@ -271,7 +264,7 @@ def digit_ceiling(models_dir: Path, threads: int = 2, batch: int = 32, seconds: 
         w.join()
     elapsed = time.perf_counter() - started
     return {"images_per_s": sum(counts) / elapsed, "threads": threads, "batch": batch,
-            "model": digits.variant, "typicality": ae is not None}
+            "model": entry.variant, "typicality": reader.autoencoder is not None}
 
 
 # -- report ------------------------------------------------------------------------------------

@@ -119,7 +119,12 @@ def typicality(mse: float, quantiles: list[float]) -> float:
     1.0: easier to reconstruct than every reference digit; ~0.5: a median digit; 0.0: worse
     than all of them -- the autoencoder has not seen anything like it (a scribble, noise).
     """
+    return float(typicality_of(np.asarray([mse]), quantiles)[0])
+
+
+def typicality_of(mse: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """`typicality` for a batch: per-image errors (B,) -> (B,) shares, rounded to 4 places."""
     q = np.asarray(quantiles, dtype=np.float64)
     levels = np.linspace(0.0, 1.0, len(q))
     # np.interp clamps outside [q0, q100]: below the best digit -> level 0 -> typicality 1.
-    return float(round(1.0 - np.interp(mse, q, levels), 4))
+    return np.round(1.0 - np.interp(np.asarray(mse, dtype=np.float64), q, levels), 4)

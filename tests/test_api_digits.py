@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import mnist_image
+from conftest import WEIGHTS_DIR, mnist_image
 from testkit import drawn_digit, png_bytes
 
 CELLS = ["rnn", "lstm", "gru"]
@@ -186,3 +186,23 @@ def test_page_is_served(client):
     resp = client.get("/")
     assert resp.status_code == 200 and "text/html" in resp.headers["content-type"]
     assert "rnnlab" in resp.text
+
+
+def test_one_admission_per_digit_request_with_typicality_inside(tmp_path):
+    """The digit route scores typicality inside its own micro-batch: one batcher, one queue
+    slot and one forward pass per request, and the same typicality /predict/reconstruct gives."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(models_dir=WEIGHTS_DIR, device="cpu"))
+    upload = {"file": ("d.png", png_bytes(drawn_digit(4)), "image/png")}
+    with TestClient(app) as c:
+        digit = c.post("/predict/digit", files=upload).json()
+        batchers = list(app.state.batching.batchers.values())
+        assert [b.name for b in batchers] == [app.state.registry.pick("digits", None).name]
+        assert (batchers[0].stats.batches, batchers[0].stats.items) == (1, 1)
+        reconstruction = c.post("/predict/reconstruct", files=upload).json()
+    assert digit["digit"] == 4 and 0 <= digit["typicality"] <= 1
+    assert digit["typicality"] == reconstruction["typicality"]

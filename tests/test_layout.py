@@ -84,6 +84,22 @@ def test_the_cycle_check_sees_a_cycle(tmp_path):
     assert imports == {"models.b", "models.c"} and nested == [4]
 
 
+def test_routers_are_thin_and_independent():
+    """No router imports another, and handlers get shared objects through dependencies
+    (app/inference.py), not by reaching into app.state."""
+    routers = sorted((ROOT / "app" / "routers").glob("*.py"))
+    names = {p.stem for p in routers} - {"__init__"}
+    for path in routers:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                assert not {f"app.routers.{n}" for n in names} & imported, \
+                    f"{path.relative_to(ROOT)} imports another router ({node.module})"
+            if isinstance(node, ast.Attribute) and node.attr == "state":
+                pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno} reads app.state; take a dependency instead")
+
+
 def test_committed_weights_have_manifests_and_fit_the_budget():
     weights = sorted((ROOT / "models" / "weights").glob("*.safetensors"))
     assert weights, "no committed weights under models/weights"

@@ -12,12 +12,11 @@ from pydantic import BaseModel, Field
 
 from app.batching import stack_batch
 from app.errors import UPLOAD_ERRORS
-from app.imaging import decode_image, png_data_url
+from app.imaging import png_data_url
+from app.inference import SINGLE_UPLOAD, ServicesDep, serve
 from app.registry import LoadedModel
-from app.routers.digits import IMAGE_BODY
-from app.uploads import read_images
+from app.uploads import upload_body
 from models.captcha_common import CAPTCHA_LENGTH, DRAWN_ALPHABET, CaptchaReading
-from models.preprocess import captcha_pixels, to_captcha_tensor
 
 router = APIRouter(tags=["captcha"])
 
@@ -41,18 +40,6 @@ class NewCaptcha(BaseModel):
     text: str = Field(..., description="its answer, lower case", examples=["3fk9"])
 
 
-def _prepare(entry: LoadedModel, data: bytes, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Upload bytes -> the model's input (1, 1, H, W), through the preprocessing training used,
-    and for a reader with the o/0 glyph net also the image at the generator's size (1, 60, 160)."""
-    image = decode_image(data, max_pixels)
-    spec = entry.manifest.input
-    x = to_captcha_tensor(captcha_pixels(image, spec["height"], spec["width"]))  # any size/mode in
-    full_spec = spec.get("full_resolution")
-    if full_spec is None:
-        return x, None
-    return x, torch.from_numpy(captcha_pixels(image, full_spec["height"], full_spec["width"])).unsqueeze(0)
-
-
 def captcha_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[CaptchaReading]:
     """One forward pass for B requests (run by app/batching.py in the model's thread):
     items B x ((1, 1, H, W), full-resolution (1, 60, 160) or None) -> B readings (text, string
@@ -63,37 +50,27 @@ def captcha_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, torch.Tens
     return entry.model.read(x, full=stack_batch([full for _, full in items], entry.device))
 
 
-def _response(entry: LoadedModel, reading: CaptchaReading) -> CaptchaPrediction:
-    return CaptchaPrediction(
-        text=reading.text,
-        confidence=round(reading.confidence, 6),
-        model=entry.variant,
-        characters=[CaptchaCharacter(char=c.char, confidence=round(c.confidence, 6),
-                                     top3=[(ch, round(p, 6)) for ch, p in c.top3]) for c in reading.characters],
-    )
-
-
 @router.post(
     "/predict/captcha",
     response_model=CaptchaPrediction,
     responses=UPLOAD_ERRORS,
-    openapi_extra=IMAGE_BODY,
+    openapi_extra=upload_body(SINGLE_UPLOAD),
     summary="Read a 4-character captcha (0-9, a-z, case-insensitive) with a CNN-to-sequence model",
 )
 async def predict_captcha(
     request: Request,
+    services: ServicesDep,
     model: Annotated[str | None, Query(description="ctc | seq2seq (default: the most accurate)")] = None,
 ) -> CaptchaPrediction:
-    settings = request.app.state.settings
-    entry = request.app.state.registry.pick("captcha", model)  # 422 before reading a big body
-    pool = request.app.state.batching
-    # As for digits: admission (503 + Retry-After when this model's queue is full), the body,
-    # decoding in a worker thread, then the forward pass in a micro-batch in the model's thread.
-    async with pool.for_model(entry, captcha_batch).admit() as slot:
-        files = await read_images(request, settings.max_upload_bytes, {"file": "image"})
-        x = await pool.preprocess(_prepare, entry, files["file"], settings.max_image_pixels)
-        reading = await slot.infer(x)
-    return _response(entry, reading)
+    served = await serve(services, request, task="captcha", model=model, batch=captcha_batch)
+    reading: CaptchaReading = served.result
+    return CaptchaPrediction(
+        text=reading.text,
+        confidence=round(reading.confidence, 6),
+        model=served.entry.variant,
+        characters=[CaptchaCharacter(char=c.char, confidence=round(c.confidence, 6),
+                                     top3=[(ch, round(p, 6)) for ch, p in c.top3]) for c in reading.characters],
+    )
 
 
 _generator_lock = threading.Lock()

@@ -1,7 +1,9 @@
-"""POST /predict/digit: a drawn or photographed digit -> the RNN's answer, row by row."""
+"""POST /predict/digit: a drawn or photographed digit -> the RNN's answer, row by row, and the
+autoencoder's typicality of the same canvas, from one forward pass each per micro-batch."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -10,30 +12,15 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from app.batching import stack_batch
-from app.errors import UPLOAD_ERRORS, ApiError
-from app.imaging import decode_image, png_data_url
+from app.errors import UPLOAD_ERRORS
+from app.imaging import png_data_url
+from app.inference import SINGLE_UPLOAD, ServicesDep, serve
 from app.registry import LoadedModel
-from app.routers.reconstruct import canvas_typicality
-from app.uploads import read_images
-from models.preprocess import NoDigitError, canvas_to_image, digit_canvas, to_digit_tensor
+from app.uploads import upload_body
+from models.autoencoder import per_image_mse, typicality_of
+from models.preprocess import canvas_to_image
 
 router = APIRouter(tags=["digits"])
-
-IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": ["file"],
-                           "properties": {"file": {"type": "string", "format": "binary",
-                                                   "description": "PNG, JPEG, GIF, BMP, WebP or TIFF"}}}},
-            "application/json": {
-                "schema": {"type": "object", "required": ["image"],
-                           "properties": {"image": {"type": "string",
-                                                    "description": "base64 image or data:image/...;base64 URL"}}}},
-        },
-    }
-}
 
 
 class DigitPrediction(BaseModel):
@@ -49,37 +36,41 @@ class DigitPrediction(BaseModel):
                                       "reconstructs worse (~0.5 typical, near 0 a scribble); absent without one")
 
 
-def _prepare(data: bytes, max_pixels: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Upload bytes -> (model input (1, 28, 28), canvas (28, 28) in [0, 1]); 4xx when unusable."""
-    image = decode_image(data, max_pixels)
-    try:
-        canvas = digit_canvas(image)  # (28, 28) in [0, 1]
-    except NoDigitError as exc:
-        raise ApiError(422, "no_digit", f"{exc}; draw a digit in a colour that differs from the background") from None
-    return to_digit_tensor(canvas), canvas  # (1, 28, 28)
+@dataclass(frozen=True)
+class DigitReader:
+    """What a digit micro-batch runs: the digit network and, when one is loaded, the
+    autoencoder that scores the same canvases' typicality (inside the same admission)."""
+    digits: LoadedModel
+    autoencoder: LoadedModel | None
 
 
-def digit_batch(entry: LoadedModel, items: list[torch.Tensor]) -> list[tuple[list[float], list[list[float]]]]:
-    """One forward pass for B requests (run by app/batching.py in the model's thread):
-    items B x (1, 28, 28) -> per item (10 probabilities, 28 x 10 per-row probabilities)."""
-    x = stack_batch(items, entry.device)  # (B, 28, 28)
-    logits, step_logits = entry.model(x, return_steps=True)  # (B, 10), (B, 28, 10)
+@dataclass
+class DigitResult:
+    probabilities: list[float]  # 10
+    steps: list[list[float]]  # 28 x 10: the answer after each row
+    typicality: float | None
+
+
+def digit_batch(reader: DigitReader, items: list[tuple[torch.Tensor, np.ndarray]]) -> list[DigitResult]:
+    """One forward pass for B requests (run by app/batching.py in the model's thread): items
+    B x (network input (1, 28, 28), canvas (28, 28) in [0, 1]) -> B results."""
+    x = stack_batch([x for x, _ in items], reader.digits.device)  # (B, 28, 28)
+    logits, step_logits = reader.digits.model(x, return_steps=True)  # (B, 10), (B, 28, 10)
     probs = logits.softmax(-1).cpu().tolist()
     step_probs = step_logits.softmax(-1).cpu().tolist()
-    return list(zip(probs, step_probs))
+    typical = [None] * len(items)
+    ae = reader.autoencoder
+    if ae is not None and ae.manifest.typicality:
+        # The autoencoder's input contract is the raw canvas (`normalize: null`), (B, 28, 28).
+        canvases = torch.from_numpy(np.stack([c for _, c in items])).to(ae.device)
+        mse = per_image_mse(ae.model(canvases), canvases).cpu().numpy()  # (B,)
+        typical = typicality_of(mse, ae.manifest.typicality["mse_quantiles"]).tolist()
+    return [DigitResult(p, s, t) for p, s, t in zip(probs, step_probs, typical)]
 
 
-def _response(entry: LoadedModel, probs: list[float], step_probs: list[list[float]], canvas: np.ndarray,
-              steps: bool, echo: bool) -> DigitPrediction:
-    digit = max(range(len(probs)), key=probs.__getitem__)
-    return DigitPrediction(
-        digit=digit,
-        confidence=round(probs[digit], 6),
-        probabilities=[round(p, 6) for p in probs],
-        model=entry.variant,
-        steps=[[round(p, 5) for p in row] for row in step_probs] if steps else None,
-        input=png_data_url(canvas_to_image(canvas)) if echo else None,
-    )
+def _reader(entry: LoadedModel, services) -> DigitReader:
+    autoencoders = services.registry.variants("autoencoder")
+    return DigitReader(entry, services.registry.pick("autoencoder", None) if autoencoders else None)
 
 
 @router.post(
@@ -87,25 +78,28 @@ def _response(entry: LoadedModel, probs: list[float], step_probs: list[list[floa
     response_model=DigitPrediction,
     response_model_exclude_none=True,
     responses=UPLOAD_ERRORS,
-    openapi_extra=IMAGE_BODY,
+    openapi_extra=upload_body(SINGLE_UPLOAD),
     summary="Classify a handwritten digit with a row-reading RNN",
 )
 async def predict_digit(
     request: Request,
+    services: ServicesDep,
     model: Annotated[str | None, Query(description="rnn | lstm | gru (default: the most accurate)")] = None,
     steps: Annotated[bool, Query(description="include the 28x10 per-row probabilities")] = False,
     echo: Annotated[bool, Query(description="include the 28x28 input the model saw")] = False,
 ) -> DigitPrediction:
-    settings = request.app.state.settings
-    entry = request.app.state.registry.pick("digits", model)  # 422 before reading a big body
-    pool = request.app.state.batching
-    # Admission first (503 + Retry-After when this model's queue is full), then the body.
-    async with pool.for_model(entry, digit_batch).admit() as slot:
-        files = await read_images(request, settings.max_upload_bytes, {"file": "image"})
-        # Decoding and preprocessing in a worker thread; the forward pass joins a micro-batch
-        # run in the model's own thread (app/batching.py). Neither blocks the event loop.
-        x, canvas = await pool.preprocess(_prepare, files["file"], settings.max_image_pixels)
-        probs, step_probs = await slot.infer(x)
-    prediction = _response(entry, probs, step_probs, canvas, steps, echo)
-    prediction.typicality = await canvas_typicality(request, canvas)  # app/routers/reconstruct.py
-    return prediction
+    served = await serve(services, request, task="digits", model=model, batch=digit_batch,
+                         target=lambda entry: _reader(entry, services))
+    result: DigitResult = served.result
+    probs = result.probabilities
+    digit = max(range(len(probs)), key=probs.__getitem__)
+    _, canvas = served.inputs["file"]
+    return DigitPrediction(
+        digit=digit,
+        confidence=round(probs[digit], 6),
+        probabilities=[round(p, 6) for p in probs],
+        model=served.entry.variant,
+        steps=[[round(p, 5) for p in row] for row in result.steps] if steps else None,
+        input=png_data_url(canvas_to_image(canvas)) if echo else None,
+        typicality=result.typicality,
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.errors import ErrorResponse
+from app.inference import Services, ServicesDep, services_if_loaded
 
 router = APIRouter(tags=["service"])
 
@@ -36,19 +37,19 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, summary="200 once every model is loaded, else 503",
             responses={503: {"model": Readiness, "description": "models still loading or failed to load"}})
-def readyz(request: Request):
-    registry = getattr(request.app.state, "registry", None)
-    if registry is None:
+def readyz(services: Annotated[Services | None, Depends(services_if_loaded)]):
+    if services is None:
         return JSONResponse({"status": "loading", "models": {}, "errors": {}}, status_code=503)
+    registry = services.registry
     body = Readiness(status="ready" if registry.ready else "not_ready",
                      models={task: sorted(v) for task, v in registry.models.items()}, errors=registry.errors)
     return JSONResponse(body.model_dump(), status_code=200 if registry.ready else 503)
 
 
-@router.get("/models", response_model=ModelsList, summary="Every loaded model's manifest: task, cell, metrics, device",
+@router.get("/models", response_model=ModelsList, summary="Every loaded model's manifest: task, variant, metrics, device",
             responses={503: {"model": ErrorResponse}})
-def list_models(request: Request) -> ModelsList:
-    registry = request.app.state.registry
+def list_models(services: ServicesDep) -> ModelsList:
+    registry = services.registry
     return ModelsList(
         device=str(registry.device),
         defaults={task: registry.default_variant(task) for task in registry.models},

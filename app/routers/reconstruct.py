@@ -1,12 +1,9 @@
 """POST /predict/reconstruct and /predict/interpolate: the convolutional autoencoder.
 
-Uploads go through the same digit preprocessing as /predict/digit (`digit_canvas`), then
-encode -> 32 numbers -> decode. The reconstruction error, placed among the errors of MNIST
-test digits (quantiles stored in the manifest), gives `typicality`: "does this look like a
-digit?". /predict/digit reports it too, through `canvas_typicality` below.
-
-Like /predict/digit, requests go through app/batching.py: admission control, then one
-forward pass for whatever requests are queued.
+Uploads go through the prepare function of the autoencoder's manifest (the digit canvas, raw
+[0, 1] pixels), then encode -> 32 numbers -> decode. The reconstruction error, placed among the
+errors of MNIST test digits (quantiles stored in the manifest), gives `typicality`: "does this
+look like a digit?". /predict/digit reports it too, from its own batch (app/routers/digits.py).
 """
 
 from __future__ import annotations
@@ -22,30 +19,19 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from app.batching import stack_batch
-from app.errors import UPLOAD_ERRORS, ApiError
-from app.imaging import decode_image, png_data_url
-from app.registry import LoadedModel, ModelRegistry
-from app.uploads import read_images
+from app.errors import UPLOAD_ERRORS
+from app.imaging import png_data_url
+from app.inference import SINGLE_UPLOAD, ServicesDep, serve
+from app.registry import LoadedModel
+from app.uploads import upload_body
 from models.autoencoder import per_image_mse, typicality
-from models.preprocess import NoDigitError, canvas_to_image, digit_canvas, to_autoencoder_tensor
+from models.preprocess import canvas_to_image
 
 router = APIRouter(tags=["autoencoder"])
 
 TASK = "autoencoder"
+PAIR_UPLOAD = {"a": "a", "b": "b"}
 MAX_SCALE = 16
-_IMAGE = {"type": "string", "format": "binary", "description": "PNG, JPEG, GIF, BMP, WebP or TIFF"}
-_BASE64 = {"type": "string", "description": "base64 image or data:image/...;base64 URL"}
-
-
-def _body(fields: dict[str, str]) -> dict:
-    """OpenAPI request body for {multipart field: JSON key} image uploads."""
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": list(fields),
-                                           "properties": {f: _IMAGE for f in fields}}},
-        "application/json": {"schema": {"type": "object", "required": list(fields.values()),
-                                        "properties": {k: _BASE64 for k in fields.values()}}},
-    }}}
-
 
 PNG_OK = {200: {"content": {"image/png": {}}, "description": "JSON, or with format=png the image itself"}}
 FormatQuery = Annotated[Literal["json", "png"],
@@ -71,24 +57,11 @@ class Interpolation(BaseModel):
     model: str = Field(..., examples=["conv"])
 
 
-def upload_canvas(data: bytes, max_pixels: int) -> np.ndarray:
-    """Image bytes -> the (28, 28) [0, 1] canvas the digit models take; 4xx when unusable."""
-    image = decode_image(data, max_pixels)
-    try:
-        return digit_canvas(image)
-    except NoDigitError as exc:
-        raise ApiError(422, "no_digit", f"{exc}; draw a digit in a colour that differs from the background") from None
-
-
-def autoencoder_or_none(registry: ModelRegistry) -> LoadedModel | None:
-    """The loaded autoencoder, or None when the server has none (typicality is then omitted)."""
-    return registry.pick(TASK, None) if registry.variants(TASK) else None
-
-
-def reconstruct_batch(entry: LoadedModel, items: list[torch.Tensor]) -> list[tuple[list[float], np.ndarray, float]]:
+def reconstruct_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, np.ndarray]]
+                      ) -> list[tuple[list[float], np.ndarray, float]]:
     """One forward pass for B requests (run by app/batching.py in the model's thread):
-    items B x (1, 1, 28, 28) -> per item (code: 32 floats, reconstruction (28, 28) in [0, 1], MSE)."""
-    x = stack_batch(items, entry.device)  # (B, 1, 28, 28)
+    items B x (input (1, 28, 28), canvas) -> per item (code: 32 floats, reconstruction (28, 28) in [0, 1], MSE)."""
+    x = stack_batch([x for x, _ in items], entry.device)  # (B, 28, 28)
     z = entry.model.encode(x)  # (B, 32)
     recon = entry.model.decode(z)  # (B, 1, 28, 28)
     mse = per_image_mse(recon, x).tolist()  # B floats
@@ -96,7 +69,7 @@ def reconstruct_batch(entry: LoadedModel, items: list[torch.Tensor]) -> list[tup
 
 
 def interpolate_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, int]]) -> list[np.ndarray]:
-    """items B x (pair (2, 1, 28, 28), steps) -> per item frames (steps, 28, 28) in [0, 1].
+    """items B x (pair (2, 28, 28), steps) -> per item frames (steps, 28, 28) in [0, 1].
     One encoder pass for every pair, one decoder pass for every frame."""
     z = entry.model.encode(torch.cat([pair for pair, _ in items]).to(entry.device))  # (2B, 32)
     codes = []
@@ -113,21 +86,6 @@ def interpolate_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, int]])
 def _typicality(entry: LoadedModel, mse: float) -> float | None:
     quantiles = (entry.manifest.typicality or {}).get("mse_quantiles")
     return typicality(mse, quantiles) if quantiles else None
-
-
-async def canvas_typicality(request: Request, canvas: np.ndarray) -> float | None:
-    """Typicality of an upload's (28, 28) digit canvas, for routes that preprocess uploads
-    themselves (/predict/digit). None when no autoencoder is loaded, or when it is too busy
-    to answer: the caller's own result does not wait on it."""
-    entry = autoencoder_or_none(request.app.state.registry)
-    if entry is None:
-        return None
-    try:
-        async with request.app.state.batching.for_model(entry, reconstruct_batch).admit() as slot:
-            _, _, mse = await slot.infer(to_autoencoder_tensor(canvas))
-    except ApiError:  # 503 overloaded / timeout on the autoencoder's queue
-        return None
-    return _typicality(entry, mse)
 
 
 def _png(image: Image.Image) -> Response:
@@ -156,51 +114,36 @@ def _interpolation_response(entry: LoadedModel, frames: np.ndarray, fmt: str, sc
     return Interpolation(frames=[png_data_url(canvas_to_image(f, scale)) for f in frames], model=entry.variant)
 
 
-def _prepare_pair(files: dict[str, bytes], max_pixels: int) -> torch.Tensor:
-    """Two uploads -> (2, 1, 28, 28): a, then b."""
-    return to_autoencoder_tensor(np.stack([upload_canvas(files["a"], max_pixels),
-                                           upload_canvas(files["b"], max_pixels)]))
-
-
 @router.post(
     "/predict/reconstruct",
     response_model=Reconstruction,
     response_model_exclude_none=True,
     responses={**UPLOAD_ERRORS, **PNG_OK},
-    openapi_extra=_body({"file": "image"}),
+    openapi_extra=upload_body(SINGLE_UPLOAD),
     summary="Encode a digit to 32 numbers and decode it back; with format=png, the reconstruction as a PNG",
 )
-async def predict_reconstruct(request: Request, fmt: FormatQuery = "json", scale: ScaleQuery = 1):
-    settings = request.app.state.settings
-    entry = request.app.state.registry.pick(TASK, None)  # 503 before reading a big body
-    pool = request.app.state.batching
-    # Admission first (503 + Retry-After when the queue is full), then the body; decoding in a
-    # worker thread, the forward pass in a micro-batch in the model's thread (app/batching.py).
-    async with pool.for_model(entry, reconstruct_batch).admit() as slot:
-        files = await read_images(request, settings.max_upload_bytes, {"file": "image"})
-        canvas = await pool.preprocess(upload_canvas, files["file"], settings.max_image_pixels)
-        result = await slot.infer(to_autoencoder_tensor(canvas))
-    return await pool.preprocess(_reconstruction_response, entry, canvas, result, fmt, scale)  # PNG encoding
+async def predict_reconstruct(request: Request, services: ServicesDep, fmt: FormatQuery = "json",
+                              scale: ScaleQuery = 1):
+    served = await serve(services, request, task=TASK, model=None, batch=reconstruct_batch)
+    _, canvas = served.inputs["file"]
+    # PNG encoding in a worker thread too.
+    return await services.batching.preprocess(_reconstruction_response, served.entry, canvas, served.result, fmt, scale)
 
 
 @router.post(
     "/predict/interpolate",
     response_model=Interpolation,
     responses={**UPLOAD_ERRORS, **PNG_OK},
-    openapi_extra=_body({"a": "a", "b": "b"}),
+    openapi_extra=upload_body(PAIR_UPLOAD),
     summary="Decode evenly spaced points between two digits' codes; with format=png, one horizontal strip",
 )
 async def predict_interpolate(
     request: Request,
+    services: ServicesDep,
     steps: Annotated[int, Query(ge=2, le=32, description="frames, both ends included")] = 8,
     fmt: FormatQuery = "json",
     scale: ScaleQuery = 1,
 ):
-    settings = request.app.state.settings
-    entry = request.app.state.registry.pick(TASK, None)
-    pool = request.app.state.batching
-    async with pool.for_model(entry, interpolate_batch).admit() as slot:
-        files = await read_images(request, settings.max_upload_bytes, {"a": "a", "b": "b"})
-        pair = await pool.preprocess(_prepare_pair, files, settings.max_image_pixels)
-        frames = await slot.infer((pair, steps))
-    return await pool.preprocess(_interpolation_response, entry, frames, fmt, scale)
+    served = await serve(services, request, task=TASK, model=None, batch=interpolate_batch, fields=PAIR_UPLOAD,
+                         item=lambda inputs: (torch.cat([inputs["a"][0], inputs["b"][0]]), steps))  # (2, 28, 28)
+    return await services.batching.preprocess(_interpolation_response, served.entry, served.result, fmt, scale)
