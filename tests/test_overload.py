@@ -1,10 +1,13 @@
 """Micro-batching and overload: results reach the right requests, batches form under
-concurrency, a full queue answers 503 + Retry-After, a slow model answers 503 timeout, and
-every accepted request gets the same answer it gets alone."""
+concurrency, a full queue answers 503 + Retry-After, a slow model answers 503 timeout, a burst
+beyond the queue admits exactly the queue, and every accepted request gets the same answer it
+gets alone."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 import time
 
 import httpx
@@ -135,29 +138,44 @@ def test_a_failing_batch_fails_its_requests_not_the_worker():
 
 
 # -- the service under more concurrent requests than its queue holds ----------------------------
-class _Slowed:
-    """Wraps a loaded model so each forward pass takes a while longer: the queue surely fills."""
+class _Held:
+    """Wraps a loaded model: the first forward pass waits for `release` (at most `hold_s`), so
+    nothing admitted can finish while the burst arrives; records every batch's size."""
 
-    def __init__(self, model, delay: float):
-        self.model, self.delay = model, delay
+    def __init__(self, model, hold_s: float):
+        self.model, self.hold_s = model, hold_s
+        self.release = threading.Event()
+        self.batches: list[int] = []
 
-    def __call__(self, *args, **kwargs):
-        time.sleep(self.delay)
-        return self.model(*args, **kwargs)
+    def __call__(self, x, *args, **kwargs):
+        self.release.wait(self.hold_s)
+        self.release.set()  # held once at most
+        self.batches.append(len(x))
+        return self.model(x, *args, **kwargs)
 
 
-def test_overload_gives_503_with_retry_after_and_correct_answers():
+def test_overload_admits_exactly_the_queue_and_answers_the_rest_503():
+    """40 requests at once against a queue of 8 and batches of at most 3, the model held until the
+    burst has been sorted: exactly 8 are admitted and answered as they are alone, in batches of
+    <= 3 that hold each of them once; the other 32 get 503 overloaded + Retry-After, and /metrics
+    counts exactly those 32."""
     from app.main import create_app
     from app.settings import Settings
 
-    settings = Settings(models_dir=WEIGHTS_DIR, device="cpu", queue_size=4, batch_max_size=4, log_level="warning")
+    queue, batch, clients = 8, 3, 40
+    settings = Settings(models_dir=WEIGHTS_DIR, device="cpu", queue_size=queue, batch_max_size=batch,
+                        request_timeout_s=60, log_level="warning")
     app = create_app(settings)
     uploads = [png_bytes(drawn_digit(d, seed=d)) for d in range(10)]
-    clients = 40
+    turned_away = []
 
-    async def post_all(client, n):
-        return await asyncio.gather(*(client.post("/predict/digit", files={
-            "file": ("d.png", uploads[i % len(uploads)], "image/png")}) for i in range(n)))
+    async def post(client, held, i):
+        resp = await client.post("/predict/digit", files={"file": ("d.png", uploads[i % len(uploads)], "image/png")})
+        if resp.status_code == 503:
+            turned_away.append(i)
+            if len(turned_away) == clients - queue:  # everyone beyond the queue has been answered
+                held.release.set()
+        return resp
 
     async def main():
         async with app.router.lifespan_context(app):
@@ -167,22 +185,25 @@ def test_overload_gives_503_with_retry_after_and_correct_answers():
                          for u in uploads]
                 entry = app.state.registry.pick("digits", None)
                 real = entry.model
-                entry.model = _Slowed(real, 0.15)
+                # Held long enough for a loaded machine; a queue that admits too many never releases
+                # it, and the test fails (after this wait) on the count of accepted requests.
+                held = entry.model = _Held(real, hold_s=20.0)
                 try:
-                    burst = await post_all(client, clients)
+                    burst = await asyncio.gather(*(post(client, held, i) for i in range(clients)))
                 finally:
                     entry.model = real
                 ready = await client.get("/readyz")
                 metrics = (await client.get("/metrics")).text
-        return alone, burst, ready, metrics
+        return alone, burst, held.batches, ready, metrics, entry.name
 
-    alone, burst, ready, metrics = asyncio.run(main())
+    alone, burst, batches, ready, metrics, name = asyncio.run(main())
     statuses = [r.status_code for r in burst]
     assert set(statuses) <= {200, 503}, statuses
     rejected = [r for r in burst if r.status_code == 503]
     accepted = [(i, r) for i, r in enumerate(burst) if r.status_code == 200]
-    assert rejected and accepted
-    assert len(accepted) <= clients - len(rejected)
+    assert len(accepted) == queue and len(rejected) == clients - queue, statuses
+    assert batches and max(batches) <= batch, batches
+    assert sum(batches) == len(accepted), batches  # each admitted request in one forward pass, no other
     for r in rejected:
         assert r.json()["error"]["code"] == "overloaded"
         assert int(r.headers["Retry-After"]) >= 1
@@ -191,8 +212,9 @@ def test_overload_gives_503_with_retry_after_and_correct_answers():
         assert r.json()["digit"] == ref["digit"]
         assert r.json()["probabilities"] == pytest.approx(ref["probabilities"], abs=1e-4)  # batched == alone
     assert ready.status_code == 200
-    assert f'rnnlab_rejected_total{{model="{app.state.registry.pick("digits", None).name}",reason="overloaded"}} ' \
-           f"{float(len(rejected))}" in metrics
+    line = rf'^rnnlab_rejected_total{{model="{re.escape(name)}",reason="overloaded"}} (\S+)$'
+    counted = re.search(line, metrics, re.M)
+    assert counted and float(counted.group(1)) == len(rejected), counted
 
 
 def test_stalled_upload_gets_408_and_frees_its_slot():
