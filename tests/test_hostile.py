@@ -161,12 +161,25 @@ def _animated_gif() -> bytes:
     return buf.getvalue()
 
 
+def _upright_page() -> Image.Image:
+    """The grey 7 at the top of a portrait page, 280 wide and 400 high: not square, so turning it
+    on its side changes its size."""
+    page = Image.new("L", (280, 400), 255)
+    page.paste(_grey(7), (0, 0))
+    return page
+
+
+def _sideways_page() -> Image.Image:
+    """The upright page turned 90 degrees counter-clockwise: 400 wide, 280 high."""
+    return _upright_page().transpose(Image.Transpose.ROTATE_90)
+
+
 def _exif_rotated() -> bytes:
-    """The upright digit stored rotated by 90 degrees, with EXIF Orientation=6 ('rotate 90 CW to
-    display') so that a viewer honouring EXIF shows it upright again."""
+    """The sideways page with EXIF Orientation=6 ('rotate 90 CW to display'), so that a reader
+    honouring EXIF gets the upright page back."""
     exif = Image.Exif()
     exif[0x0112] = 6
-    return png_bytes(_grey(7).transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+    return png_bytes(_sideways_page(), exif=exif.tobytes())
 
 
 def _sixteen_bit() -> bytes:
@@ -205,12 +218,17 @@ def test_odd_but_valid_image_gets_200_or_an_explaining_4xx(client, available, pa
         assert_json_error(resp, {413, 415, 422}, {"no_digit", "invalid_image", "image_too_large", "no_text"})
 
 
-def _seen(client, data: bytes) -> np.ndarray:
-    """The 28x28 the digit model saw for this upload (echo=true), as floats in [0, 1]."""
+def _answer(client, data: bytes) -> tuple[dict, np.ndarray]:
+    """/predict/digit's answer for this upload, and the 28x28 the model saw (echo=true) as floats
+    in [0, 1]."""
     resp = client.post("/predict/digit?echo=true", files={"file": ("x", data, "application/octet-stream")})
     assert resp.status_code == 200, resp.text
     b64 = resp.json()["input"].split(",", 1)[1]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), dtype=np.float32) / 255
+    return resp.json(), np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), dtype=np.float32) / 255
+
+
+def _seen(client, data: bytes) -> np.ndarray:
+    return _answer(client, data)[1]
 
 
 @pytest.mark.parametrize("case", ["cmyk_jpeg", "16bit_png", "animated_gif", "palette_png", "alpha_la_png",
@@ -225,11 +243,22 @@ def test_digit_model_sees_the_same_digit_whatever_the_encoding(client, case):
     assert np.abs(seen - reference).mean() <= tolerance
 
 
-def test_exif_rotation_matters():
-    """Guard for the test above: without EXIF the stored pixels are really rotated."""
+def test_exif_rotated_upload_is_served_upright(client):
+    """The EXIF case is stored on its side (width and height swapped, EXIF Orientation 6), and the
+    service turns it upright: the model sees and answers what it does for the upright page, not
+    what it does for the same pixels without the tag."""
+    upright, sideways = _upright_page(), _sideways_page()
     stored = Image.open(io.BytesIO(_exif_rotated()))
-    assert stored.size == _grey(7).size[::-1] or not np.array_equal(np.asarray(stored), np.asarray(_grey(7)))
     assert stored.getexif().get(0x0112) == 6
+    assert stored.size == (400, 280) and upright.size == (280, 400)
+    assert np.array_equal(np.asarray(stored), np.asarray(sideways))
+    want, want_seen = _answer(client, png_bytes(upright))
+    _, ignored_seen = _answer(client, png_bytes(sideways))  # what a reader ignoring EXIF would see
+    got, got_seen = _answer(client, _exif_rotated())
+    assert np.abs(ignored_seen - want_seen).mean() > 0.05  # the rotation changes what the model sees
+    assert np.abs(got_seen - want_seen).max() <= 1e-6
+    assert got["digit"] == want["digit"] == 7
+    assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
 
 
 def test_service_still_ready_and_no_5xx_after_the_battery(client, available):
