@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.loop import add_fit_args
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT_ENV = "RNNLAB_DATA_ROOT"
 
@@ -24,21 +26,20 @@ def default_data_root() -> str:
     return str(REPO_ROOT / "data")
 
 
-def add_common_args(parser, *, epochs: int, lr: float, batch_size: int) -> None:
+def add_common_args(parser, *, epochs: int, lr: float, batch_size: int, weight_decay: float,
+                    clip: float | None) -> None:
+    """The MNIST trainers' flags: data, seed, device, output, and the training loop's."""
     parser.add_argument("--data-root", default=default_data_root(),
                         help=f"folder holding MNIST/raw (default: ${DATA_ROOT_ENV}, ../shared/datasets or ./data)")
     parser.add_argument("--download", action="store_true",
                         help="let torchvision download MNIST into --data-root if it is missing")
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (one-cycle)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0,
                         help="use only the first N training and N test images (smoke runs)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "models" / "weights"), help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    add_fit_args(parser, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, clip=clip)
 
 
 def seed_everything(seed: int) -> None:
