@@ -217,25 +217,25 @@ def test_captcha_joint_runs_and_soup(tmp_path):
     for head in ("ctc", "seq2seq"):
         model, manifest = load_checkpoint(tmp_path / "soup" / f"captcha_{head}.json")
         assert model(torch.zeros(2, 1, 32, 96)).shape[0] == 2
-        training = manifest["training"]
+        training = manifest.training
         assert training["samples_seen"] == 64 * 3  # the shared start once, then each branch
         assert [r["seed"] for r in training["soup"]["runs"]] == [1, 2]
         assert training["soup"]["started_from"]["samples_seen"] == 64
         assert "history" not in training["soup"]["started_from"]
-        assert manifest["metrics"]["test_samples"] == 16
+        assert manifest.metrics["test_samples"] == 16
     s2s, manifest = load_checkpoint(tmp_path / "soup" / "captcha_seq2seq.json")
-    assert s2s.config.test_time_shifts == [[0, 0], [2, 0]] == manifest["architecture"]["test_time_shifts"]
-    assert manifest["training"]["soup"]["test_time_shifts"]["used"] is True
-    assert "2 shifted copies" in manifest["description"]
+    assert s2s.config.test_time_shifts == [[0, 0], [2, 0]] == manifest.architecture["test_time_shifts"]
+    assert manifest.training["soup"]["test_time_shifts"]["used"] is True
+    assert "2 shifted copies" in manifest.description
 
     # --pick auto may keep one run as it is: exported the same way, with that run's own lineage.
     soup(["--runs", str(tmp_path / "b"), str(tmp_path / "c"), "--pool", str(pool), "--out", str(tmp_path / "auto"),
           "--val-samples", "16", "--test-samples", "16", "--bn-batches", "2"])
     _, manifest = load_checkpoint(tmp_path / "auto" / "captcha_seq2seq.json")
-    chosen = manifest["training"]["soup"]["chosen"]
+    chosen = manifest.training["soup"]["chosen"]
     assert chosen in (str(tmp_path / "b"), str(tmp_path / "c"), "average")
-    assert set(manifest["training"]["soup"]["validation"]) == {str(tmp_path / "b"), str(tmp_path / "c"), "average"}
-    assert manifest["training"]["samples_seen"] == (64 * 3 if chosen == "average" else 64 * 2)
+    assert set(manifest.training["soup"]["validation"]) == {str(tmp_path / "b"), str(tmp_path / "c"), "average"}
+    assert manifest.training["samples_seen"] == (64 * 3 if chosen == "average" else 64 * 2)
 
 
 def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
@@ -264,15 +264,15 @@ def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
              "--reader", str(tmp_path / "reader" / "captcha_seq2seq.json"), "--out", str(tmp_path / "out"),
              "--epochs", "1", "--batch-size", "16", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
     model, manifest = load_checkpoint(tmp_path / "out" / "captcha_seq2seq.json")
-    assert model.o0 is not None and manifest["architecture"]["o0"]["mix"] == manifest["training"]["o0"]["mix"]
+    assert model.o0 is not None and manifest.architecture["o0"]["mix"] == manifest.training["o0"]["mix"]
     # The reader's own weights are carried over untouched.
     for k, v in reader.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v)
-    assert manifest["input"]["full_resolution"] == {**manifest["input"]["full_resolution"], "height": 60, "width": 160}
-    o0 = manifest["training"]["o0"]
+    assert manifest.input["full_resolution"] == {**manifest.input["full_resolution"], "height": 60, "width": 160}
+    o0 = manifest.training["o0"]
     assert o0["windows"] == int(np.isin(labels, [INDEX_O, INDEX_ZERO]).sum()) and o0["seconds"] > 0
     assert o0["samples_seen"] == o0["windows"] // 16 * 16 and len(o0["history"]) == 1
-    assert manifest["metrics"]["test_samples"] == 8 and "reader_alone" in manifest["metrics"]
+    assert manifest.metrics["test_samples"] == 8 and "reader_alone" in manifest.metrics
     x = torch.randn(3, 1, 32, 96)
     readings = model.read(x, full=torch.randint(0, 256, (3, 60, 160), dtype=torch.uint8))
     assert [len(r.text) for r in readings] == [4, 4, 4]
@@ -301,8 +301,8 @@ def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
     ctc_model, ctc_manifest = load_checkpoint(tmp_path / "out" / "captcha_ctc.json")
     for k, v in model.o0.state_dict().items():  # the seq2seq reader's glyph net, as it is
         torch.testing.assert_close(ctc_model.o0.state_dict()[k], v)
-    o0 = ctc_manifest["training"]["o0"]
-    assert o0["glyph_from"] == "captcha_seq2seq.json" and ctc_manifest["architecture"]["o0"]["mix"] == o0["mix"]
-    assert o0["validation_window_errors"]["characters"] > 0 and "full_resolution" in ctc_manifest["input"]
+    o0 = ctc_manifest.training["o0"]
+    assert o0["glyph_from"] == "captcha_seq2seq.json" and ctc_manifest.architecture["o0"]["mix"] == o0["mix"]
+    assert o0["validation_window_errors"]["characters"] > 0 and "full_resolution" in ctc_manifest.input
     readings = ctc_model.read(x, full=torch.randint(0, 256, (3, 60, 160), dtype=torch.uint8))
     assert all(len(r.text) == 4 and r.text[3] == "k" and set(r.text[:3]) <= {"o", "0"} for r in readings)

@@ -12,182 +12,36 @@ Writes <out>/captcha_<variant>.safetensors, .json (manifest) and _curve.png; --v
 trains both readers at once on a shared conv + encoder and writes both. The manifest's
 metrics are measured on 2,000 fresh captchas from --test-seed, a seed no training data
 comes from; the per-epoch validation set comes from --val-seed.
-With --minutes the one-cycle schedule follows the wall clock, so a run ends on time.
+With --minutes the one-cycle schedule follows the wall clock, so a run ends on time. The
+library behind it (joint model, scoring, batch sources) is training/captcha_lib.py; the loop
+is training/loop.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from models.captcha_common import CAPTCHA_LENGTH, CHARSET, decode_label, score_texts
-from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
-from models.captcha_seq2seq import CaptchaSeq2Seq, CaptchaSeq2SeqConfig
-from models.checkpoint import save_checkpoint
 from models.device import resolve_device
-from models.preprocess import CAPTCHA_HEIGHT, CAPTCHA_WIDTH, to_captcha_tensor
-from training.captcha_data import fresh_loader, generate_arrays, load_labelled_folder, load_pool
-from training.common import REPO_ROOT, Timer, progress, save_curve, seed_everything
+from models.preprocess import CAPTCHA_HEIGHT, CAPTCHA_WIDTH
+from training.captcha_data import generate_arrays, load_labelled_folder, load_pool
+from training.captcha_lib import (TEST_SEED, VAL_SEED, ArraySource, FreshSource, ReaderBatches, build_model, evaluate,
+                                  heads_of, load_pools, pool_folders, reader_input, reader_sections, test_metrics)
+from training.common import REPO_ROOT, seed_everything
+from training.export import build_manifest, export, training_section
+from training.loop import add_fit_args, fit, settings_from_args
 
-TEST_SEED = 424242  # the held-out captchas behind the manifest's metrics; never trained on
-VAL_SEED = 31337  # per-epoch validation
+__all__ = ["TEST_SEED", "VAL_SEED", "main"]  # the seeds live in training.captcha_lib; kept importable here
 
-
-class JointCaptcha(torch.nn.Module):
-    """Training-only: one conv + encoder shared by both readers. The seq2seq decoder and a CTC
-    head both read the encoded columns; the loss is their sum. `heads` are two complete,
-    standalone networks (CaptchaSeq2Seq, CaptchaCTC) sharing those modules, exported as is."""
-
-    def __init__(self, seq2seq: CaptchaSeq2Seq):
-        super().__init__()
-        cfg = seq2seq.config
-        self.seq2seq = seq2seq
-        self.ctc = CaptchaCTC(CaptchaCTCConfig(height=cfg.height, width=cfg.width, channels=list(cfg.channels),
-                                               hidden_size=cfg.encoder_hidden, num_layers=cfg.encoder_layers,
-                                               dropout=cfg.dropout))
-        self.ctc.conv, self.ctc.rnn = seq2seq.conv, seq2seq.encoder  # shared, not copied
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.seq2seq.encode(x)  # (B, T, 2He)
-        return self.seq2seq.emit(enc), self.ctc.head(self.ctc.dropout(enc))  # (B, 4, 36), (B, T, 37)
-
-    def loss(self, outputs, targets: torch.Tensor) -> torch.Tensor:
-        s2s_logits, ctc_logits = outputs
-        return self.seq2seq.loss(s2s_logits, targets) + self.ctc.loss(ctc_logits, targets)
-
-    @property
-    def heads(self) -> dict[str, torch.nn.Module]:
-        return {"ctc": self.ctc, "seq2seq": self.seq2seq}
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+# The readers' schedule: no beta1 cycling, and a final lr of peak / 1e4 (torch's default is peak / 2.5e5).
+SCHEDULE = dict(final_div_factor=400.0, momentum=None)
 
 
-def build_model(variant: str, args) -> torch.nn.Module:
-    if variant == "ctc":
-        return CaptchaCTC(CaptchaCTCConfig(height=args.height, width=args.width, channels=args.channels,
-                                           hidden_size=args.hidden_size, num_layers=args.num_layers,
-                                           dropout=args.dropout))
-    seq2seq = CaptchaSeq2Seq(CaptchaSeq2SeqConfig(height=args.height, width=args.width, channels=args.channels,
-                                                  encoder_hidden=args.hidden_size, encoder_layers=args.num_layers,
-                                                  decoder_hidden=args.decoder_hidden,
-                                                  attention=not args.no_attention, dropout=args.dropout))
-    return JointCaptcha(seq2seq) if variant == "joint" else seq2seq
-
-
-def heads_of(model: torch.nn.Module, variant: str) -> dict[str, torch.nn.Module]:
-    return model.heads if variant == "joint" else {variant: model}
-
-
-@torch.inference_mode()
-def evaluate(model, images: np.ndarray, labels: np.ndarray, device, batch_size: int = 500) -> dict:
-    """images: uint8 (N, H, W) model-input pixels; labels int (N, 4) -> full-string and
-    per-character accuracy (and the loss)."""
-    model.eval()
-    preds, loss_sum = [], 0.0
-    for i in range(0, len(images), batch_size):
-        x = to_captcha_tensor(np.asarray(images[i:i + batch_size])).to(device)
-        y = torch.as_tensor(np.asarray(labels[i:i + batch_size])).to(device)
-        logits = model(x)
-        loss_sum += model.loss(logits, y).item() * len(y)
-        # A seq2seq with test-time shifts is scored as it serves: on its averaged views.
-        tta = getattr(getattr(model, "config", None), "test_time_shifts", None)
-        preds += model.decode(model.log_probs(x) if tta else logits)
-    truth = [decode_label(row) for row in np.asarray(labels)]
-    scores = score_texts(preds, truth)
-    scores["loss"] = loss_sum / len(images)
-    scores["errors"] = [(t, p) for t, p in zip(truth, preds) if t != p]
-    return scores
-
-
-def random_shift(x: torch.Tensor, gen: torch.Generator, max_dx: float = 3.0, max_dy: float = 2.0,
-                 scale: tuple[float, float] = (0.93, 1.07)) -> torch.Tensor:
-    """x: (B, 1, H, W) float pixels -> the same, each shifted/scaled a little (border
-    pixels repeat). Only for pools and folders, where each captcha is seen several times."""
-    b, _, h, w = x.shape
-
-    def u(lo, hi):
-        return torch.rand(b, generator=gen) * (hi - lo) + lo
-
-    s = u(*scale)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = 1 / s
-    theta[:, 1, 1] = 1 / s
-    theta[:, 0, 2] = u(-max_dx, max_dx) * 2 / w
-    theta[:, 1, 2] = u(-max_dy, max_dy) * 2 / h
-    grid = F.affine_grid(theta, (b, 1, h, w), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def one_cycle_lr(frac: float, peak: float, warmup: float = 0.15, start_div: float = 25.0,
-                 final_div: float = 1e4) -> float:
-    """torch's OneCycleLR (cosine) as a function of the fraction of training done."""
-    frac = min(max(frac, 0.0), 1.0)
-    if frac < warmup:
-        lo, hi, t = peak / start_div, peak, frac / warmup
-    else:
-        lo, hi, t = peak, peak / final_div, (frac - warmup) / (1 - warmup)
-    return hi + (lo - hi) * (1 + math.cos(math.pi * t)) / 2
-
-
-class ArraySource:
-    """Random batches from in-memory uint8 arrays, each pass a fresh permutation. With
-    `reload`, every new pass first asks it for the arrays again: a pool folder that is still
-    being filled (`captcha_data pool` shards) then grows under a running training."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, gen: torch.Generator,
-                 reload=None):
-        self.images, self.labels, self.batch_size, self.gen, self.reload = images, labels, batch_size, gen, reload
-        self.order, self.pos = torch.randperm(len(images), generator=gen), 0
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pos + self.batch_size > len(self.order):
-            if self.reload is not None:
-                grown = self.reload(len(self.images))
-                if grown is not None:
-                    self.images, self.labels = grown
-                    print(f"pool grew to {len(self.images):,} captchas", flush=True)
-            self.order, self.pos = torch.randperm(len(self.images), generator=self.gen), 0
-        idx = self.order[self.pos:self.pos + self.batch_size].sort().values.numpy()
-        self.pos += self.batch_size
-        return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx])
-
-
-class FreshSource:
-    def __init__(self, seed: int, batch_size: int, workers: int, height: int, width: int):
-        self.loader = iter(fresh_loader(seed, batch_size, workers, height, width))
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return next(self.loader)
-
-
-def pool_folders(paths: list[str]) -> list[Path]:
-    """Each path is a pool folder (meta.json) or a folder of them; only complete pools count
-    (`write_pool` writes meta.json last)."""
-    folders = []
-    for p in map(Path, paths):
-        folders += [p] if (p / "meta.json").is_file() else sorted(q.parent for q in p.glob("*/meta.json"))
-    return folders
-
-
-def load_pools(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    folders = pool_folders(paths)
-    if not folders:
-        raise SystemExit(f"no pools (folders with meta.json) under {paths}")
-    parts = [load_pool(f) for f in folders]
-    images = np.concatenate([np.asarray(p[0]) for p in parts])  # into RAM: random gathers stay cheap
-    labels = np.concatenate([np.asarray(p[1]) for p in parts])
-    return images, labels, [p[2] for p in parts]
-
-
-def main(argv: list[str] | None = None) -> Path | list[Path]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=["ctc", "seq2seq", "joint"], default="ctc",
                         help="joint: train both at once on a shared conv + encoder (CE + CTC loss), export both")
@@ -196,20 +50,14 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
     data.add_argument("--folder", help="a folder of labelled captcha images (<label>_*.png)")
     data.add_argument("--workers", type=int, default=2, help="generator processes for fresh captchas")
     data.add_argument("--no-augment", action="store_true", help="no random shift/scale on pool/folder images")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--epoch-samples", type=int, default=0,
-                        help="samples per epoch (default: the pool/folder size, or 100,000 fresh)")
-    parser.add_argument("--minutes", type=float, default=0,
-                        help="wall-clock budget: the LR schedule follows elapsed time and training stops when it "
-                             "is spent (--epochs is then an upper bound)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
-    parser.add_argument("--warmup", type=float, default=0.15, help="share of the schedule rising to --lr")
-    parser.add_argument("--init", help="start from the weights in this folder (captcha_<variant>.safetensors)")
-    parser.add_argument("--init-samples", type=int, default=0, help="samples the --init weights had seen")
-    parser.add_argument("--init-seconds", type=float, default=0, help="training seconds behind the --init weights")
-    parser.add_argument("--weight-decay", type=float, default=1e-2)
-    parser.add_argument("--clip", type=float, default=5.0, help="gradient norm clipping")
+    data.add_argument("--epoch-samples", type=int, default=0,
+                      help="samples per epoch (default: the pool/folder size, or 100,000 fresh)")
+    data.add_argument("--limit", type=int, default=0, help="use only the first N pool/folder images")
+    add_fit_args(parser, epochs=20, lr=3e-3, batch_size=64, weight_decay=1e-2, clip=5.0)
+    start = parser.add_argument_group("starting weights")
+    start.add_argument("--init", help="start from the weights in this folder (captcha_<variant>.safetensors)")
+    start.add_argument("--init-samples", type=int, default=0, help="samples the --init weights had seen")
+    start.add_argument("--init-seconds", type=float, default=0, help="training seconds behind the --init weights")
     model_args = parser.add_argument_group("model")
     model_args.add_argument("--height", type=int, default=CAPTCHA_HEIGHT)
     model_args.add_argument("--width", type=int, default=CAPTCHA_WIDTH)
@@ -224,204 +72,137 @@ def main(argv: list[str] | None = None) -> Path | list[Path]:
     parser.add_argument("--val-seed", type=int, default=VAL_SEED)
     parser.add_argument("--test-seed", type=int, default=TEST_SEED)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N pool/folder images")
     parser.add_argument("--smoke", action="store_true", help="tiny run: 2 epochs of 256 fresh samples, 200 eval")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16: autocast the forward pass (weights, optimizer and evaluation stay fp32); "
-                             "with channels-last convs ~2.5x faster on a CPU with AVX512-BF16")
     parser.add_argument("--out", default=str(REPO_ROOT / "models" / "weights"), help="output folder")
     parser.add_argument("--name", help="output name (default captcha_<variant>)")
-    parser.add_argument("--snapshot", action="store_true", help="also save the weights after every epoch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.epoch_samples, args.val_samples, args.test_samples = 2, 256, 200, 200
         args.workers = min(args.workers, 1)
+    return args
 
+
+class TrainingData:
+    """The batch source a run trains on and how its manifest describes it."""
+
+    def __init__(self, args, gen: torch.Generator):
+        self.args, self.pool_seeds, self.source = args, [], None
+        if args.pool or args.folder:
+            if args.folder:
+                images, labels, _ = load_labelled_folder(args.folder, args.height, args.width)
+                self.desc = f"labelled folder {args.folder}"
+            else:
+                images, labels, metas = load_pools(args.pool)
+                if images.shape[1:] != (args.height, args.width):
+                    raise SystemExit(f"pool images are {images.shape[1:]}, the model wants {(args.height, args.width)}")
+                self.pool_seeds = [m["seed"] for m in metas]
+                self.desc = f"pools seeds {self.pool_seeds}"
+            if args.limit:
+                images, labels = images[:args.limit], labels[:args.limit]
+            reload = self._reload if args.pool and not args.limit else None
+            self.source = ArraySource(images, labels, args.batch_size, gen, reload)
+            self.augment = not args.no_augment
+            self.epoch_samples = args.epoch_samples or len(images)
+        else:
+            self.source = FreshSource(args.seed, args.batch_size, args.workers, args.height, args.width)
+            self.augment = False
+            self.epoch_samples = args.epoch_samples or 100_000
+            self.desc = f"fresh captchas (seed {args.seed}, {args.workers} workers)"
+
+    def _reload(self, current: int):
+        if sum(load_pool(f)[2]["count"] for f in pool_folders(self.args.pool)) <= current:
+            return None
+        images, labels, metas = load_pools(self.args.pool)
+        self.pool_seeds = [m["seed"] for m in metas]
+        return images, labels
+
+    @property
+    def unique(self) -> int | None:
+        return len(self.source.images) if isinstance(self.source, ArraySource) else None
+
+    def describe(self) -> str:
+        if self.args.pool:
+            return f"pools {', '.join(self.args.pool)} (seeds {self.pool_seeds})"
+        return self.desc
+
+
+def main(argv: list[str] | None = None) -> Path | list[Path]:
+    args = parse_args(argv)
     seed_everything(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     # channels-last: oneDNN's fast conv/pool layout on CPU (and tensor cores on CUDA); same numbers.
-    model = build_model(args.variant, args).to(device, memory_format=torch.channels_last)
+    model = build_model(args.variant, height=args.height, width=args.width, channels=args.channels,
+                        hidden_size=args.hidden_size, num_layers=args.num_layers, decoder_hidden=args.decoder_hidden,
+                        attention=not args.no_attention, dropout=args.dropout)
+    model = model.to(device, memory_format=torch.channels_last)
     name = args.name or f"captcha_{args.variant}"  # joint: exports captcha_ctc and captcha_seq2seq
+    heads = heads_of(model)
     names = {h: (args.name + (f"_{h}" if args.variant == "joint" else "") if args.name else f"captcha_{h}")
-             for h in heads_of(model, args.variant)}
+             for h in heads}
     gen = torch.Generator().manual_seed(args.seed)
-
-    if args.pool or args.folder:
-        if args.folder:
-            images, labels, _ = load_labelled_folder(args.folder, args.height, args.width)
-            data_desc = f"labelled folder {args.folder}"
-        else:
-            images, labels, metas = load_pools(args.pool)
-            if images.shape[1:] != (args.height, args.width):
-                raise SystemExit(f"pool images are {images.shape[1:]}, the model wants {(args.height, args.width)}")
-            pool_seeds = [m["seed"] for m in metas]
-            data_desc = f"pools seeds {pool_seeds}"
-        if args.limit:
-            images, labels = images[:args.limit], labels[:args.limit]
-        reload = None
-        if args.pool and not args.limit:
-            def reload(current: int):
-                if sum(load_pool(f)[2]["count"] for f in pool_folders(args.pool)) <= current:
-                    return None
-                grown_images, grown_labels, grown_metas = load_pools(args.pool)
-                pool_seeds[:] = [m["seed"] for m in grown_metas]
-                return grown_images, grown_labels
-        source = ArraySource(images, labels, args.batch_size, gen, reload)
-        augment = not args.no_augment
-        unique = len(images)
-        epoch_samples = args.epoch_samples or unique
-    else:
-        source = FreshSource(args.seed, args.batch_size, args.workers, args.height, args.width)
-        augment, unique = False, None
-        epoch_samples = args.epoch_samples or 100_000
-        data_desc = f"fresh captchas (seed {args.seed}, {args.workers} workers)"
-    steps_per_epoch = math.ceil(epoch_samples / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
+    data = TrainingData(args, gen)
+    settings = settings_from_args(args, math.ceil(data.epoch_samples / args.batch_size), args.out, **SCHEDULE)
 
     val_x, val_y, _ = generate_arrays(args.val_samples, args.val_seed, args.height, args.width)
-    heads = heads_of(model, args.variant)
     print(f"{name}: {', '.join(f'{h} {m.config} ({m.num_parameters():,} parameters)' for h, m in heads.items())} | "
-          f"{model.num_parameters():,} trained parameters | device {device} | "
-          f"data: {data_desc}{f' ({unique:,} captchas)' if unique else ''} | {steps_per_epoch} steps/epoch",
+          f"{model.num_parameters():,} trained parameters | device {device} | data: {data.desc}"
+          f"{f' ({data.unique:,} captchas)' if data.unique else ''} | {settings.budget.steps_per_epoch} steps/epoch",
           flush=True)
-
     if args.init:
         # Go on from exported weights (a run's snapshots/ or outputs): each head's file by name.
-        from safetensors.torch import load_file
         for head, net in heads.items():
             net.load_state_dict(load_file(str(Path(args.init) / f"captcha_{head}.safetensors")), strict=True)
         print(f"initialised from {args.init} ({args.init_samples:,} samples, {args.init_seconds:.0f} s before)",
               flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=one_cycle_lr(0, args.lr, warmup=args.warmup),
-                            weight_decay=args.weight_decay)
-    budget = args.minutes * 60
-    timer = Timer()
-    start = time.perf_counter()
-    history, step, seen = [], 0, 0
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        loss_sum, n = 0.0, 0
-        bar = progress(range(steps_per_epoch), total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}",
-                       disable=args.no_progress)
-        for _ in bar:
-            frac = step / total_steps
-            if budget:
-                frac = max(frac, (time.perf_counter() - start) / budget)
-                if frac >= 1:
-                    break
-            lr = one_cycle_lr(frac, args.lr, warmup=args.warmup)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            pixels, y = source.next()  # uint8 (B, H, W), int64 (B, 4)
-            if augment:
-                pixels = random_shift(pixels.float().unsqueeze(1), gen).squeeze(1)
-            x = to_captcha_tensor(pixels).to(device).contiguous(memory_format=torch.channels_last)  # (B, 1, H, W)
-            y = y.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                outputs = model(x)
-            outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
-            loss = model.loss(outputs, y)  # losses in fp32
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            opt.step()
-            step += 1
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            n += len(y)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.2e}")
-        if n == 0:
-            break
-        record = {"epoch": epoch, "train_loss": round(loss_sum / n, 5)}
-        line = f"epoch {epoch:2d}/{args.epochs} train_loss {loss_sum / n:.4f}"
+
+    def validate() -> dict:
+        record = {}
         for head, net in heads.items():
             val = evaluate(net, val_x, val_y, device)
             record.update({f"val_loss_{head}": round(val["loss"], 5),
                            f"val_full_string_accuracy_{head}": round(val["full_string_accuracy"], 5),
                            f"val_char_accuracy_{head}": round(val["char_accuracy"], 5)})
-            line += (f" | {head} val_loss {val['loss']:.4f} val_full {val['full_string_accuracy']:.2%} "
-                     f"val_char {val['char_accuracy']:.3%}")
-        record.update({"samples_seen": seen, "lr": round(lr, 6), "seconds": timer.seconds()})
-        history.append(record)
-        print(f"{line} | lr {lr:.2e} seen {seen:,} [{timer.seconds():.0f}s]", flush=True)
-        if args.snapshot:
-            for head, net in heads.items():
-                save_checkpoint(net, {"task": "captcha", "variant": head, "architecture": net.config.to_dict()},
-                                Path(args.out) / "snapshots", names[head])
-        if budget and time.perf_counter() - start >= budget:
-            break
+        return record
 
-    train_seconds = timer.seconds()
-    if isinstance(source, ArraySource):
-        unique = len(source.images)
-        if args.pool:
-            data_desc = f"pools {', '.join(args.pool)} (seeds {pool_seeds})"
+    def snapshot_heads(folder: Path) -> None:
+        """Each reader as an exported checkpoint beside the loop's state, for --init."""
+        for head, net in heads.items():
+            export(net, {"task": "captcha", "variant": head, "architecture": net.config.to_dict()}, folder,
+                   names[head])
+
+    result = fit(model, ReaderBatches(data.source, gen, data.augment, device), model.loss, settings=settings,
+                 evaluate=validate, on_snapshot=snapshot_heads)
+
     test_x, test_y, _ = generate_arrays(args.test_samples, args.test_seed, args.height, args.width)
+    training = training_section(
+        result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
+        epoch_samples=data.epoch_samples, samples_seen=args.init_samples + result.samples,
+        init=({"from": args.init, "samples_seen": args.init_samples, "seconds": args.init_seconds}
+              if args.init else None),
+        unique_captchas=data.unique, data=data.describe(),
+        augmentation="random shift +-3/2 px, scale 0.93-1.07" if data.augment else None,
+        seconds=round(args.init_seconds + result.seconds, 1), minutes_budget=args.minutes or None,
+        joint=("trained together with the other variant: shared conv + encoder, loss = seq2seq cross-entropy + CTC; "
+               "the seconds and samples are that one shared run" if args.variant == "joint" else None),
+        val_seed=args.val_seed)
     paths = []
     for head, net in heads.items():
         test = evaluate(net, test_x, test_y, device)
         print(f"{head} test ({args.test_samples} fresh captchas, seed {args.test_seed}): full-string "
               f"{test['full_string_accuracy']:.2%} per-char {test['char_accuracy']:.3%} | errors (truth, read): "
               f"{test['errors'][:20]}", flush=True)
-        manifest = {
-            "task": "captcha",
-            "variant": head,
-            "description": net.describe(),
-            "architecture": net.config.to_dict(),
-            "parameters": net.num_parameters(),
-            "input": {
-                "height": args.height, "width": args.width, "channels": 1,
-                "mode": "grayscale (PIL 'L'); transparent pixels composited on white",
-                "resize": f"PIL bilinear (antialiased) from any size to {args.width}x{args.height}",
-                "normalize": "per image: (x - mean) / max(std, 1) over its 0..255 grey levels",
-                "layout": f"read column by column: {args.width // 4} columns of 4 px",
-            },
-            "charset": CHARSET,
-            "length": CAPTCHA_LENGTH,
-            "case_insensitive": True,
-            "outputs": ("CTC: 37 per column, 0 = blank, k = charset[k-1]; greedy: argmax, merge repeats, drop "
-                        "blanks" if head == "ctc" else "4 steps x 36 classes (charset order); argmax per step"),
-            "generator": "captcha.image.ImageCaptcha() defaults (160x60, DroidSansMono 42/50/56), 4 characters "
-                         "from 0-9a-zA-Z, labels lower-cased",
-            "metrics": {
-                "full_string_accuracy": round(test["full_string_accuracy"], 5),
-                "char_accuracy": round(test["char_accuracy"], 5),
-                "test_loss": round(test["loss"], 5),
-                "test_samples": args.test_samples,
-                "test_seed": args.test_seed,
-                "test_errors": [f"{t}->{p}" for t, p in test["errors"][:50]],
-            },
-            "training": {
-                "epochs": len(history), "epoch_samples": epoch_samples, "samples_seen": args.init_samples + seen,
-                "init": {"from": args.init, "samples_seen": args.init_samples, "seconds": args.init_seconds}
-                if args.init else None,
-                "unique_captchas": unique, "data": data_desc,
-                "augmentation": "random shift +-3/2 px, scale 0.93-1.07" if augment else None,
-                "seconds": round(args.init_seconds + train_seconds, 1), "minutes_budget": args.minutes or None,
-                "joint": ("trained together with the other variant: shared conv + encoder, loss = seq2seq "
-                          "cross-entropy + CTC; the seconds and samples are that one shared run"
-                          if args.variant == "joint" else None),
-                "seed": args.seed, "val_seed": args.val_seed, "batch_size": args.batch_size,
-                "optimizer": f"AdamW(wd={args.weight_decay}) + one-cycle(max_lr={args.lr}, cosine"
-                             f"{', on wall-clock time' if budget else ''})", "grad_clip": args.clip,
-                "precision": ("bf16 autocast forward, fp32 weights/optimizer/evaluation" if args.precision == "bf16"
-                              else "fp32"),
-                "device": str(device), "threads": torch.get_num_threads(), "machine": platform.machine(),
-                "history": history,
-            },
-            "torch_version": torch.__version__,
-        }
-        json_path = save_checkpoint(net, manifest, args.out, names[head])
-        if history:
-            save_curve(history, Path(args.out) / f"{names[head]}_curve.png", f"{names[head]} on fresh captchas",
-                       [("train_loss", "train loss"), (f"val_full_string_accuracy_{head}", "val full-string acc"),
-                        (f"val_char_accuracy_{head}", "val per-char acc")])
+        manifest = build_manifest(net, task="captcha", variant=head, description=net.describe(),
+                                  input=reader_input(args.height, args.width), **reader_sections(head),
+                                  metrics=test_metrics(test, args.test_samples, args.test_seed),
+                                  training=training)
+        json_path = export(net, manifest, args.out, names[head], curve=(
+            f"{names[head]} on fresh captchas", [("train_loss", "train loss"),
+                                                 (f"val_full_string_accuracy_{head}", "val full-string acc"),
+                                                 (f"val_char_accuracy_{head}", "val per-char acc")]))
         print(f"wrote {json_path}", flush=True)
         paths.append(json_path)
     return paths[0] if len(paths) == 1 else paths

@@ -32,6 +32,7 @@ from PIL import Image
 
 from models.captcha_common import CAPTCHA_LENGTH, CHARSET, DRAWN_ALPHABET, encode_label
 from models.preprocess import CAPTCHA_HEIGHT, CAPTCHA_WIDTH, captcha_pixels
+from training.loop import progress
 
 ALPHABET = DRAWN_ALPHABET  # what is drawn: mixed case, 62 symbols
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -216,10 +217,8 @@ def fill_in_chunks(make_chunk, jobs: list[tuple], outputs: tuple[np.ndarray, ...
     it returns for job k into rows k*chunk... of the matching `outputs` (memory maps, flushed)."""
     import multiprocessing as mp
 
-    from tqdm import tqdm
-
     with mp.get_context("fork").Pool(workers) as pool:
-        for k, arrays in enumerate(tqdm(pool.imap(make_chunk, jobs), total=len(jobs), desc=desc)):
+        for k, arrays in enumerate(progress(pool.imap(make_chunk, jobs), total=len(jobs), desc=desc)):
             for out, arr in zip(outputs, arrays):
                 out[k * chunk:k * chunk + len(arr)] = arr
     for out in outputs:

@@ -41,8 +41,17 @@ from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, a
                                standardise_windows)
 from models.captcha_ctc import CaptchaCTC, greedy_runs
 from models.captcha_seq2seq import CaptchaSeq2Seq
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint
+from models.device import resolve_device
+from models.manifest import Manifest
 from models.preprocess import CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, captcha_pixels, to_captcha_tensor
+from training.captcha_data import CaptchaGenerator, fill_in_chunks, generate_arrays
+from training.captcha_lib import TEST_SEED, VAL_SEED
+from training.common import REPO_ROOT
+from training.export import export, training_section
+from training.loop import Shuffled, ShuffledSource, add_fit_args, fit, settings_from_args
+
+WEIGHTS = REPO_ROOT / "models" / "weights"
 
 O0_DRAWN = "oO0"
 
@@ -55,8 +64,6 @@ def o0_rich_text(rng: random.Random, share: float, length: int = CAPTCHA_LENGTH)
 
 
 def _chunk(args: tuple[int, int, float]) -> tuple[np.ndarray, np.ndarray]:
-    from training.captcha_data import CaptchaGenerator
-
     seed, count, share = args
     torch.set_num_threads(1)
     gen = CaptchaGenerator(seed)
@@ -73,8 +80,6 @@ def write_o0_set(out: str | Path, count: int, seed: int, share: float = 0.4, wor
                  chunk: int = 5000) -> Path:
     """<out>/full.npy (uint8 (N, 60, 160) grey, as drawn), labels.npy (int64 (N, 4)), meta.json.
     Chunk k is drawn from seed * 100000 + k (the same set whatever the worker count)."""
-    from training.captcha_data import fill_in_chunks
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     full = np.lib.format.open_memmap(out / "full.npy", mode="w+", dtype=np.uint8,
@@ -133,9 +138,29 @@ def o0_windows(full: np.ndarray, labels: np.ndarray, centres: torch.Tensor, widt
 
 @torch.inference_mode()
 def glyph_logits(net: O0GlyphNet, windows: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """The glyph net's log-odds of 0 against o (M,), on the CPU, for uint8 windows (M, 1, 60, w)."""
     net.eval()
-    return torch.cat([net(standardise_windows(windows[i:i + batch]).contiguous(memory_format=torch.channels_last))
-                      .float() for i in range(0, len(windows), batch)])
+    device = next(net.parameters()).device
+    return torch.cat([net(standardise_windows(windows[i:i + batch].to(device))
+                          .contiguous(memory_format=torch.channels_last)).float().cpu()
+                      for i in range(0, len(windows), batch)])
+
+
+class WindowBatches(ShuffledSource):
+    """Training windows in shuffled full batches (torch's global generator), each batch cropped
+    to `width` at one random offset within the window's 2 * margin spare columns:
+    (standardised windows (B, 1, 60, width) channels-last, targets (B,) 1.0 = 0) on `device`."""
+
+    def __init__(self, windows: torch.Tensor, targets: torch.Tensor, batch_size: int, width: int, margin: int,
+                 device: torch.device):
+        self.windows, self.targets, self.width, self.margin, self.device = windows, targets, width, margin, device
+        self.order = Shuffled(len(windows), batch_size, drop_last=True)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.next()
+        dx = int(torch.randint(0, 2 * self.margin + 1, ()))
+        x = standardise_windows(self.windows[idx, :, :, dx:dx + self.width])
+        return x.to(self.device).contiguous(memory_format=torch.channels_last), self.targets[idx].to(self.device)
 
 
 def fit_mix(glyph: torch.Tensor, reader: torch.Tensor, target: torch.Tensor) -> list[float]:
@@ -210,9 +235,6 @@ def with_o0(reader, net: O0GlyphNet):
 def score_alone_and_with(reader, combined, val_samples: int, test_samples: int) -> dict:
     """The reader alone and with its glyph net, as they serve, on ordinary (not o/0-rich)
     captchas: the validation seed and the manifests' held-out test seed."""
-    from training.captcha import TEST_SEED, VAL_SEED
-    from training.captcha_data import generate_arrays
-
     results = {}
     for name, seed, count in (("validation", VAL_SEED, val_samples), ("test", TEST_SEED, test_samples)):
         full, labels, _ = generate_arrays(count, seed, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
@@ -228,31 +250,29 @@ def score_alone_and_with(reader, combined, val_samples: int, test_samples: int) 
     return results
 
 
-def export(combined, manifest: dict, results: dict, o0_info: dict, out_dir: str, centred_by: str) -> Path:
+def export_with_o0(combined, manifest: Manifest, results: dict, o0_info: dict, out_dir: str | Path,
+                   centred_by: str) -> Path:
     """Write the reader with its glyph net: the reader's manifest with the new architecture,
     the full-resolution input, the test figures with and without, and how the net was made."""
     test, val = results["test"], results["validation"]
-    out = {k: v for k, v in manifest.items() if k not in ("name", "weights")}
-    out["architecture"], out["description"] = combined.config.to_dict(), combined.describe()
-    out["parameters"] = combined.num_parameters()
-    out["input"] = {**manifest["input"], "full_resolution": {
+    out = replace(manifest, architecture=combined.config.to_dict(), description=combined.describe(),
+                  parameters=combined.num_parameters())
+    out.input = {**manifest.input, "full_resolution": {
         "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
         "for": "the o/0 glyph net: the same preprocessing (grey, PIL bilinear) to the generator's 160x60; "
                f"{combined.o0.config.width} px windows centred on {centred_by}, each standardised"}}
-    out["metrics"] = {**manifest["metrics"],
-                      "full_string_accuracy": round(test["with_o0"]["full_string_accuracy"], 5),
-                      "char_accuracy": round(test["with_o0"]["char_accuracy"], 5),
-                      "test_samples": test["count"],
-                      "test_errors": test["errors"][:50],
-                      "reader_alone": {"full_string_accuracy": round(test["alone"]["full_string_accuracy"], 5),
-                                       "char_accuracy": round(test["alone"]["char_accuracy"], 5),
-                                       "test_errors": test["errors_alone"][:50]}}
-    out["training"] = {**manifest["training"], "o0": {
+    out.metrics = {**manifest.metrics,
+                   "full_string_accuracy": round(test["with_o0"]["full_string_accuracy"], 5),
+                   "char_accuracy": round(test["with_o0"]["char_accuracy"], 5),
+                   "test_samples": test["count"],
+                   "test_errors": test["errors"][:50],
+                   "reader_alone": {"full_string_accuracy": round(test["alone"]["full_string_accuracy"], 5),
+                                    "char_accuracy": round(test["alone"]["char_accuracy"], 5),
+                                    "test_errors": test["errors_alone"][:50]}}
+    out.training = {**manifest.training, "o0": {
         **o0_info, "validation": {"alone": round(val["alone"]["full_string_accuracy"], 5),
                                   "with_o0": round(val["with_o0"]["full_string_accuracy"], 5)}}}
-    json_path = save_checkpoint(combined, out, out_dir, f"captcha_{combined.config.variant}")
-    os.chmod(json_path.with_suffix(".safetensors"), 0o644)
-    return json_path
+    return export(combined, out, out_dir, f"captcha_{combined.config.variant}")
 
 
 @torch.inference_mode()
@@ -267,10 +287,9 @@ def read_strings(reader, full: np.ndarray, batch: int = 500) -> list[str]:
 
 
 def train(args) -> None:
-    from tqdm import tqdm
-
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     reader, manifest = load_checkpoint(args.reader)
     if not isinstance(reader, CaptchaSeq2Seq):
         raise SystemExit(f"{args.reader}: the glyph net trains on the seq2seq reader's attention; "
@@ -294,36 +313,18 @@ def train(args) -> None:
     print(f"{len(xtr):,} training windows ({int(ytr.sum()):,} zeros), {len(xva):,} validation windows "
           f"[{time.perf_counter() - start:.0f}s]", flush=True)
 
-    net = O0GlyphNet(config).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), args.lr, weight_decay=0.05)
-    steps_per_epoch = len(xtr) // args.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    history = []
-    for epoch in range(1, args.epochs + 1):
-        net.train()
-        perm = torch.randperm(len(xtr))
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", mininterval=10)
-        for step in bar:
-            idx = perm[step * args.batch_size:(step + 1) * args.batch_size]
-            dx = int(torch.randint(0, 2 * margin + 1, ()))
-            x = standardise_windows(xtr[idx, :, :, dx:dx + config.width]).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                logits = net(x)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % 200 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        g = glyph_logits(net, xva)
-        error = float(((g > 0).float() != yva).float().mean())
-        history.append({"epoch": epoch, "val_window_error": round(error, 5),
-                        "seconds": round(time.perf_counter() - start, 1)})
-        print(f"epoch {epoch}: validation o-vs-0 error {error:.2%} on {len(xva):,} windows "
-              f"[{time.perf_counter() - start:.0f}s]", flush=True)
+    net = O0GlyphNet(config).to(device, memory_format=torch.channels_last)
+    settings = settings_from_args(args, len(xtr) // args.batch_size, args.out)
+    settings.bar_every = 200
 
+    def validate() -> dict:
+        g = glyph_logits(net, xva)
+        return {"val_window_error": round(float(((g > 0).float() != yva).float().mean()), 5)}
+
+    result = fit(net, WindowBatches(xtr, ytr, args.batch_size, config.width, margin, device),
+                 lambda logits, y: F.binary_cross_entropy_with_logits(logits, y), settings=settings, evaluate=validate)
+
+    net = net.cpu()
     g = glyph_logits(net, xva)
     lp = val_lp[where_va[:, 0], where_va[:, 1]]  # (M, 36)
     mix, errors = mix_on_validation(g, lp[:, INDEX_ZERO] - lp[:, INDEX_O], lp.argmax(-1), yva)
@@ -331,16 +332,13 @@ def train(args) -> None:
     combined = with_o0(reader, net)
     results = score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
     seconds = round(time.perf_counter() - start, 1)
-    json_path = export(combined, manifest, results, {
-        "how": "the reader's weights unchanged; a glyph CNN trained on windows of o/0-rich full-resolution captchas "
-               "cut where the reader's attention centres, its weight against the reader fitted on validation windows",
-        "data": {"train": train_meta, "validation": val_meta},
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "windows": len(xtr), "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "precision": args.precision, "seed": args.seed, "threads": args.threads, "jitter_px": margin,
-        "samples_seen": args.epochs * steps_per_epoch * args.batch_size, "seconds": seconds, "history": history,
-        "mix": mix, "validation_window_errors": errors, "val_samples": args.val_samples},
-        args.out, "the reader's attention for the character")
+    json_path = export_with_o0(combined, manifest, results, training_section(
+        result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
+        how="the reader's weights unchanged; a glyph CNN trained on windows of o/0-rich full-resolution captchas "
+            "cut where the reader's attention centres, its weight against the reader fitted on validation windows",
+        data={"train": train_meta, "validation": val_meta}, parameters=sum(p.numel() for p in net.parameters()),
+        windows=len(xtr), lr=args.lr, jitter_px=margin, seconds=seconds, mix=mix, validation_window_errors=errors,
+        val_samples=args.val_samples), args.out, "the reader's attention for the character")
     print(f"wrote {json_path} [{seconds:.0f}s]")
 
 
@@ -373,8 +371,8 @@ def attach(args) -> None:
     combined = with_o0(reader, net)
     results = score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
     seconds = round(time.perf_counter() - start, 1)
-    glyph_info = source_manifest["training"]["o0"]
-    json_path = export(combined, manifest, results, {
+    glyph_info = source_manifest.training["o0"]
+    json_path = export_with_o0(combined, manifest, results, {
         "how": f"the reader's weights unchanged; the glyph CNN of {Path(args.glyph).name} (trained on windows centred "
                "by the seq2seq reader's attention) used as it is, its windows centred on this reader's CTC runs and "
                "its weight against this reader fitted on validation windows",
@@ -398,23 +396,22 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train the glyph net and export the reader with it")
     t.add_argument("--data", required=True, help="an o/0-rich set (the `data` command) to train on")
     t.add_argument("--val", required=True, help="another one to validate on")
-    t.add_argument("--reader", default="models/weights/captcha_seq2seq.json")
-    t.add_argument("--out", default="models/weights")
-    t.add_argument("--epochs", type=int, default=6)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--reader", default=str(WEIGHTS / "captcha_seq2seq.json"))
+    t.add_argument("--out", default=str(WEIGHTS))
+    add_fit_args(t, epochs=6, lr=3e-3, batch_size=128, weight_decay=0.05, clip=None, precision="bf16")
     t.add_argument("--window", type=int, default=48)
     t.add_argument("--jitter", type=int, default=3)
-    t.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda (the glyph net's training)")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--val-samples", type=int, default=6000)
     t.add_argument("--test-samples", type=int, default=2000)
     a = sub.add_parser("attach", help="attach the seq2seq reader's glyph net to the ctc reader")
     a.add_argument("--val", required=True, help="an o/0-rich set to fit the mix on")
-    a.add_argument("--reader", default="models/weights/captcha_ctc.json")
-    a.add_argument("--glyph", default="models/weights/captcha_seq2seq.json", help="a seq2seq checkpoint with a glyph net")
-    a.add_argument("--out", default="models/weights")
+    a.add_argument("--reader", default=str(WEIGHTS / "captcha_ctc.json"))
+    a.add_argument("--glyph", default=str(WEIGHTS / "captcha_seq2seq.json"),
+                   help="a seq2seq checkpoint with a glyph net")
+    a.add_argument("--out", default=str(WEIGHTS))
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--val-samples", type=int, default=6000)
     a.add_argument("--test-samples", type=int, default=2000)

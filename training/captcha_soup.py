@@ -22,15 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.captcha_seq2seq import CaptchaSeq2Seq
+from models.checkpoint import load_checkpoint
+from models.manifest import Manifest
 from models.preprocess import to_captcha_tensor
-from training.captcha import TEST_SEED, VAL_SEED, JointCaptcha, evaluate, load_pools
 from training.captcha_data import generate_arrays
+from training.captcha_lib import TEST_SEED, VAL_SEED, JointCaptcha, evaluate, load_pools, test_metrics
+from training.export import export
 
 HEADS = ("ctc", "seq2seq")
 
 
-def load_joint(run: Path) -> tuple[JointCaptcha, dict]:
+def load_joint(run: Path) -> tuple[JointCaptcha, dict[str, Manifest]]:
     seq2seq, s_manifest = load_checkpoint(run / "captcha_seq2seq.json")
     ctc, c_manifest = load_checkpoint(run / "captcha_ctc.json")
     joint = JointCaptcha(seq2seq)
@@ -62,8 +65,6 @@ def average(joints: list[JointCaptcha]) -> JointCaptcha:
 
 
 def load_joint_like(joint: JointCaptcha) -> JointCaptcha:
-    from models.captcha_seq2seq import CaptchaSeq2Seq
-
     fresh = JointCaptcha(CaptchaSeq2Seq(joint.seq2seq.config))
     fresh.load_state_dict(joint.state_dict())
     return fresh.eval()
@@ -75,9 +76,7 @@ def init_lineage(init_dir: str | None, head: str) -> dict | None:
     path = Path(init_dir) / f"captcha_{head}.json" if init_dir else None
     if path is None or not path.is_file():
         return None
-    import json
-
-    training = json.loads(path.read_text())["training"]
+    training = Manifest.read(path).training
 
     def trim(d: dict) -> dict:
         return {k: (trim(v) if isinstance(v, dict) else [trim(r) for r in v] if k == "runs" else v)
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runs = [Path(r) for r in args.runs]
     loaded = [load_joint(r) for r in runs]
-    h, w = loaded[0][1]["ctc"]["input"]["height"], loaded[0][1]["ctc"]["input"]["width"]
+    h, w = loaded[0][1]["ctc"].input["height"], loaded[0][1]["ctc"].input["width"]
     val_x, val_y, _ = generate_arrays(args.val_samples, VAL_SEED, h, w)
 
     candidates = {str(r): j for r, (j, _) in zip(runs, loaded)}
@@ -149,20 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     # The chosen run's manifests (for the average: the last run's), amended below.
     base = loaded[[str(r) for r in runs].index(best)][1] if best != "average" else loaded[-1][1]
     # Read before anything is written: --out may be the folder the runs started from.
-    lineage = {head: init_lineage((base[head]["training"].get("init") or {}).get("from"), head) for head in HEADS}
+    lineage = {head: init_lineage((base[head].training.get("init") or {}).get("from"), head) for head in HEADS}
     for head, net in chosen.heads.items():
         test = evaluate(net, test_x, test_y, "cpu")
-        manifest = {k: v for k, v in base[head].items() if k not in ("name", "weights")}
-        manifest["architecture"], manifest["description"] = net.config.to_dict(), net.describe()
-        manifest["metrics"] = {**manifest["metrics"],
-                               "full_string_accuracy": round(test["full_string_accuracy"], 5),
-                               "char_accuracy": round(test["char_accuracy"], 5),
-                               "test_loss": round(test["loss"], 5),
-                               "test_samples": args.test_samples,
-                               "test_errors": [f"{t}->{p}" for t, p in test["errors"][:50]]}
+        manifest = replace(base[head], architecture=net.config.to_dict(), description=net.describe(),
+                           metrics={**base[head].metrics, **test_metrics(test, args.test_samples)})
         # Per run: its own settings and figures (the manifests of `training.captcha`).
         run_keys = ("samples_seen", "seconds", "epochs", "init", "seed", "optimizer", "minutes_budget", "history")
-        runs_info = [{"run": str(r), **{k: m[head]["training"].get(k) for k in run_keys}}
+        runs_info = [{"run": str(r), **{k: m[head].training.get(k) for k in run_keys}}
                      for r, (_, m) in zip(runs, loaded)]
         validation = {name: {h: {"full_string_accuracy": round(sc[h]["full_string_accuracy"], 5),
                                  "char_accuracy": round(sc[h]["char_accuracy"], 5)} for h in HEADS}
@@ -170,9 +163,9 @@ def main(argv: list[str] | None = None) -> None:
         selection = {"runs": runs_info, "validation": validation, "val_samples": args.val_samples, "chosen": best}
         if best == "average":
             # Compute behind the average: every run's own samples/seconds, the shared start counted once.
-            shared = base[head]["training"].get("init") or {"samples_seen": 0, "seconds": 0}
-            common = {k: v for k, v in base[head]["training"].items() if k not in run_keys}
-            manifest["training"] = {
+            shared = base[head].training.get("init") or {"samples_seen": 0, "seconds": 0}
+            common = {k: v for k, v in base[head].training.items() if k not in run_keys}
+            manifest.training = {
                 "samples_seen": sum(r["samples_seen"] for r in runs_info) - shared["samples_seen"],
                 "seconds": round(sum(r["seconds"] for r in runs_info) - shared["seconds"], 1),
                 **common,
@@ -186,18 +179,18 @@ def main(argv: list[str] | None = None) -> None:
             }
         else:
             # One run's weights as they are: its own figures (they include its starting checkpoint's).
-            manifest["training"] = {**base[head]["training"], "soup": {
+            manifest.training = {**base[head].training, "soup": {
                 "how": "each run's final weights and their uniform average (BatchNorm re-estimated) were read on the "
                        "validation captchas; this run alone read best, so its weights are exported as they are; "
                        "samples and seconds are this run's lineage only",
                 **selection}}
         if head == "seq2seq" and tta_info:
-            manifest["training"]["soup"]["test_time_shifts"] = tta_info
+            manifest.training["soup"]["test_time_shifts"] = tta_info
         if lineage[head]:
-            manifest["training"]["soup"]["started_from"] = lineage[head]
+            manifest.training["soup"]["started_from"] = lineage[head]
         print(f"{head} {best} test: full-string {test['full_string_accuracy']:.2%} per-char "
               f"{test['char_accuracy']:.3%}", flush=True)
-        save_checkpoint(net, manifest, out, f"captcha_{head}")
+        export(net, manifest, out, f"captcha_{head}")
         curve = (Path(best) if best != "average" else runs[-1]) / f"captcha_{head}_curve.png"
         if curve.is_file():
             shutil.copy(curve, out / curve.name)

@@ -1,10 +1,9 @@
-"""Pieces every training CLI shares: data root, MNIST tensors, seeding, curves."""
+"""Pieces the trainers share: the data root, MNIST tensors, seeding, and the MNIST trainers' flags."""
 
 from __future__ import annotations
 
 import os
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,43 +64,3 @@ def load_mnist(root: str, train: bool, download: bool = False, limit: int = 0) -
         images, labels = images[:limit], labels[:limit]
     return images, labels
 
-
-class Timer:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def seconds(self) -> float:
-        return round(time.perf_counter() - self.start, 1)
-
-
-def save_curve(history: list[dict], path: Path, title: str, metrics: list[tuple[str, str]]) -> None:
-    """Plot per-epoch metrics: `metrics` is [(key, label)], first on the left axis, the
-    rest on the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    key, label = metrics[0]
-    ax.plot(epochs, [h[key] for h in history], "o-", color="tab:blue", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(label, color="tab:blue")
-    if len(metrics) > 1:
-        ax2 = ax.twinx()
-        for (k, lab), colour in zip(metrics[1:], ["tab:red", "tab:green", "tab:purple"]):
-            ax2.plot(epochs, [h[k] for h in history], "s-", color=colour, label=lab)
-        ax2.set_ylabel(" / ".join(lab for _, lab in metrics[1:]), color="tab:red")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def progress(iterable, *, total: int, desc: str, disable: bool):
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True, mininterval=1.0)
