@@ -206,3 +206,24 @@ def test_one_admission_per_digit_request_with_typicality_inside(tmp_path):
         reconstruction = c.post("/predict/reconstruct", files=upload).json()
     assert digit["digit"] == 4 and 0 <= digit["typicality"] <= 1
     assert digit["typicality"] == reconstruction["typicality"]
+
+
+def test_a_batch_mixing_steps_and_plain_requests_answers_each_as_asked(client):
+    """Per-row answers are computed only for batches that need them, and never change the answer."""
+    import torch
+
+    from app.routers.digits import DigitItem, DigitReader, digit_batch
+    from models.preprocess import prepare_digit
+
+    registry = client.app.state.registry
+    entry = registry.pick("digits", None)
+    reader = DigitReader(entry, registry.pick("autoencoder", None))
+    inputs = [prepare_digit(drawn_digit(d), entry.manifest.input) for d in (1, 7)]
+    with torch.inference_mode():
+        plain = digit_batch(reader, [DigitItem(*i, steps=False) for i in inputs])
+        mixed = digit_batch(reader, [DigitItem(*inputs[0], steps=True), DigitItem(*inputs[1], steps=False)])
+    assert [r.steps for r in plain] == [None, None] and mixed[1].steps is None
+    assert len(mixed[0].steps) == 28 and all(len(row) == 10 for row in mixed[0].steps)
+    assert mixed[0].steps[-1] == pytest.approx(mixed[0].probabilities, abs=1e-6)  # the last row is the answer
+    for a, b in zip(plain, mixed):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6) and a.typicality == b.typicality

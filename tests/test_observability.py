@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -102,3 +103,19 @@ def test_json_formatter_keeps_extras_and_exceptions():
         request_id_var.reset(token)
     assert entry["message"] == "failed x" and entry["level"] == "error" and entry["request_id"] == "rid-9"
     assert entry["model"] == "digits_gru" and "ValueError: bad pixel" in entry["exception"]
+
+
+def test_made_request_ids_are_unique_within_and_across_forked_processes():
+    from app import observability
+
+    ids = {observability._new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child only makes an id and leaves
+        os.write(write, observability._new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read), os.close(write)
+    assert re.fullmatch(r"[0-9a-f]{32}", child) and child[:20] != observability._new_request_id()[:20]

@@ -45,27 +45,38 @@ class DigitReader:
 
 
 @dataclass
+class DigitItem:
+    x: torch.Tensor  # (1, 28, 28): the digit net's input, by its manifest's contract
+    canvas: np.ndarray  # (28, 28) in [0, 1]: the autoencoder's input (raw pixels)
+    steps: bool  # the caller wants the per-row answers
+
+
+@dataclass
 class DigitResult:
     probabilities: list[float]  # 10
-    steps: list[list[float]]  # 28 x 10: the answer after each row
+    steps: list[list[float]] | None  # 28 x 10, the answer after each row (only when asked for)
     typicality: float | None
 
 
-def digit_batch(reader: DigitReader, items: list[tuple[torch.Tensor, np.ndarray]]) -> list[DigitResult]:
-    """One forward pass for B requests (run by app/batching.py in the model's thread): items
-    B x (network input (1, 28, 28), canvas (28, 28) in [0, 1]) -> B results."""
-    x = stack_batch([x for x, _ in items], reader.digits.device)  # (B, 28, 28)
-    logits, step_logits = reader.digits.model(x, return_steps=True)  # (B, 10), (B, 28, 10)
+def digit_batch(reader: DigitReader, items: list[DigitItem]) -> list[DigitResult]:
+    """One forward pass for B requests (run by app/batching.py in the model's thread) -> B results.
+    The per-row answers are computed only when some request in the batch asked for them."""
+    x = stack_batch([item.x for item in items], reader.digits.device)  # (B, 28, 28)
+    step_probs: list = [None] * len(items)
+    if any(item.steps for item in items):
+        logits, step_logits = reader.digits.model(x, return_steps=True)  # (B, 10), (B, 28, 10)
+        step_probs = step_logits.softmax(-1).cpu().tolist()
+    else:
+        logits = reader.digits.model(x)  # (B, 10)
     probs = logits.softmax(-1).cpu().tolist()
-    step_probs = step_logits.softmax(-1).cpu().tolist()
     typical = [None] * len(items)
     ae = reader.autoencoder
     if ae is not None and ae.manifest.typicality:
         # The autoencoder's input contract is the raw canvas (`normalize: null`), (B, 28, 28).
-        canvases = torch.from_numpy(np.stack([c for _, c in items])).to(ae.device)
+        canvases = torch.from_numpy(np.stack([item.canvas for item in items])).to(ae.device)
         mse = per_image_mse(ae.model(canvases), canvases).cpu().numpy()  # (B,)
         typical = typicality_of(mse, ae.manifest.typicality["mse_quantiles"]).tolist()
-    return [DigitResult(p, s, t) for p, s, t in zip(probs, step_probs, typical)]
+    return [DigitResult(p, s if item.steps else None, t) for p, s, t, item in zip(probs, step_probs, typical, items)]
 
 
 def _reader(entry: LoadedModel, services) -> DigitReader:
@@ -89,7 +100,8 @@ async def predict_digit(
     echo: Annotated[bool, Query(description="include the 28x28 input the model saw")] = False,
 ) -> DigitPrediction:
     served = await serve(services, request, task="digits", model=model, batch=digit_batch,
-                         target=lambda entry: _reader(entry, services))
+                         target=lambda entry: _reader(entry, services),
+                         item=lambda inputs: DigitItem(*inputs["file"], steps=steps))
     result: DigitResult = served.result
     probs = result.probabilities
     digit = max(range(len(probs)), key=probs.__getitem__)
@@ -99,7 +111,7 @@ async def predict_digit(
         confidence=round(probs[digit], 6),
         probabilities=[round(p, 6) for p in probs],
         model=served.entry.variant,
-        steps=[[round(p, 5) for p in row] for row in result.steps] if steps else None,
+        steps=[[round(p, 5) for p in row] for row in result.steps] if result.steps is not None else None,
         input=png_data_url(canvas_to_image(canvas)) if echo else None,
         typicality=result.typicality,
     )
