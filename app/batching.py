@@ -284,6 +284,10 @@ class BatchingPool:
                 queue_size=s.queue_size, timeout_s=s.request_timeout_s, observe=self.observe)
         return batcher
 
+    def items_done(self) -> int:
+        """Items through every batcher so far (a counter of work, for app/memory.py)."""
+        return sum(b.stats.items for b in self.batchers.values())
+
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from app.batching import BatchingPool, default_torch_threads
 from app.errors import install_error_handlers
 from app.observability import configure_logging, install_observability
 from app.inference import Services
+from app.memory import trim_after_activity
 from app.registry import ModelRegistry
 from app.routers import captcha, digits, health, reconstruct
 from app.settings import Settings, get_settings
@@ -41,7 +43,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry, app.state.batching = registry, batching
         log.info("ready=%s models=%s errors=%s", registry.ready,
                  {t: sorted(v) for t, v in registry.models.items()}, registry.errors)
+        trimmer = asyncio.get_running_loop().create_task(
+            trim_after_activity(settings.malloc_trim_interval_s, batching.items_done), name="malloc-trim")
         yield
+        trimmer.cancel()
         await batching.close()
 
     app = FastAPI(

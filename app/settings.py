@@ -33,6 +33,8 @@ class Settings(BaseSettings):
                                                              "forward pass starts; then 503 timeout")
     upload_timeout_s: float = Field(30.0, gt=0, description="longest time to receive a request body; then 408")
     preprocess_threads: int = Field(0, ge=0, description="threads decoding images at once; 0 = 2 x usable CPUs")
+    malloc_trim_interval_s: float = Field(1.0, ge=0, description="after activity, hand freed heap memory back to "
+                                                                 "the OS this often (glibc); 0 = never (app/memory.py)")
     metrics: bool = Field(True, description="serve GET /metrics (Prometheus)")
     bench_routes: bool = Field(False, description="add GET /bench/noop, a do-nothing route for bench/load.py")
 
