@@ -52,7 +52,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     UVICORN_HOST=0.0.0.0 \
     UVICORN_PORT=8000 \
-    UVICORN_ACCESS_LOG=false \
     UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20 \
     RNNLAB_LOG_FORMAT=json
 # Numeric, so Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
@@ -61,5 +60,6 @@ EXPOSE 8000
 # 200 once every model is loaded; urllib raises (exit 1) on 503 or no answer. No curl needed.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('UVICORN_PORT', '8000') + '/readyz', timeout=2)"]
-# One server process per container; scale out with more containers (docs/serving.md).
-ENTRYPOINT ["uvicorn", "app.main:app"]
+# uvicorn workers on SO_REUSEPORT sockets (app/serve.py); WEB_CONCURRENCY sets how many (1 here,
+# compose runs 2 per 2-CPU replica). Scale out with more containers (docs/serving.md).
+ENTRYPOINT ["python", "-m", "app.serve"]

@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision, fastapi; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
 	touch $(STAMP)
 
-# --no-access-log: the app writes its own JSON access line per request (app/observability.py).
+# app/serve.py: uvicorn, WEB_CONCURRENCY worker processes (1 unless set); the app writes its own
+# JSON access line per request (app/observability.py).
 run: setup
-	$(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+	$(PY) -m app.serve --host $(HOST) --port $(PORT)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -89,7 +89,7 @@ def test_dockerfile_is_multistage_cpu_by_default_non_root_with_healthcheck():
     health = [a for op, a in runtime if op == "HEALTHCHECK"][-1]
     assert "/readyz" in health and "urllib" in health and "curl" not in health
     entry = json.loads([a for op, a in runtime if op == "ENTRYPOINT"][-1])
-    assert entry[:2] == ["uvicorn", "app.main:app"]
+    assert entry == ["python", "-m", "app.serve"]
     copies = " ".join(a for op, a in runtime if op == "COPY")
     assert "models/weights/" in copies and "app/" in copies and "static/" in copies
 
