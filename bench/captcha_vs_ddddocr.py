@@ -27,7 +27,7 @@ from PIL import Image
 
 from models.captcha_common import score_texts
 from models.checkpoint import load_checkpoint
-from models.preprocess import captcha_pixels, to_captcha_tensor
+from models.preprocess import prepare_captcha
 from testkit import png_bytes
 from training.captcha import TEST_SEED
 from training.captcha_data import CaptchaGenerator
@@ -37,16 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def rnnlab_reader(json_path: Path):
     model, manifest = load_checkpoint(json_path, "cpu")
-    h, w = manifest["input"]["height"], manifest["input"]["width"]
-
-    full_spec = manifest["input"].get("full_resolution")  # the seq2seq reader's o/0 glyph net
 
     def read(png: bytes) -> str:
+        # The served prepare step: the reader's input and, for the o/0 glyph net, the full resolution.
         with Image.open(io.BytesIO(png)) as img:
-            x = to_captcha_tensor(captcha_pixels(img, h, w))
-            if full_spec is None:
-                return model.read(x)[0].text
-            full = torch.from_numpy(captcha_pixels(img, full_spec["height"], full_spec["width"]))[None]
+            x, full = prepare_captcha(img, manifest.input)
         return model.read(x, full=full)[0].text
 
     return read, manifest
@@ -113,10 +108,10 @@ def main() -> None:
         path = Path(args.weights) / f"captcha_{variant}.json"
         if path.is_file():
             read, manifest = rnnlab_reader(path)
-            views = len(manifest["architecture"].get("test_time_shifts") or [])
-            readers.append((f"rnnlab {variant} ({manifest['parameters'] / 1e6:.2f}M params"
+            views = len(manifest.architecture.get("test_time_shifts") or [])
+            readers.append((f"rnnlab {variant} ({manifest.parameters / 1e6:.2f}M params"
                             f"{f', {views} shifted views' if views else ''}"
-                            f"{', o/0 glyph net' if manifest['architecture'].get('o0') else ''})", read))
+                            f"{', o/0 glyph net' if manifest.architecture.get('o0') else ''})", read))
     try:
         read, version = ddddocr_reader(args.threads)
         readers.append((f"ddddocr {version} (default model)", read))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
@@ -27,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.request import urlopen
 
-from testkit import free_port, running_service
+from bench.readme_tables import load_markdown
+from testkit import free_port, png_bytes, running_service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,12 +58,6 @@ def multipart(field_name: str, filename: str, data: bytes, ctype: str) -> tuple[
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def build_endpoints(models: dict[str, list[str]]) -> list[Endpoint]:
     from testkit import drawn_digit
 
@@ -81,7 +75,7 @@ def build_endpoints(models: dict[str, list[str]]) -> list[Endpoint]:
             raise AssertionError(f"status {status}: {body[:200]!r}")
 
     # What the demo page sends: a 280x280 canvas export, dark ink on transparent paper.
-    digit = png(drawn_digit(7))
+    digit = png_bytes(drawn_digit(7))
     out = [Endpoint("bare GET /bench/noop", "GET", "/bench/noop", check=expect_200),
            Endpoint("GET /healthz", "GET", "/healthz", check=expect_200)]
     if "digits" in models:
@@ -91,7 +85,7 @@ def build_endpoints(models: dict[str, list[str]]) -> list[Endpoint]:
         from captcha.image import ImageCaptcha  # the generator the captcha model was trained on
 
         image = ImageCaptcha().generate_image("3fk9")
-        body, ctype = multipart("file", "captcha.png", png(image), "image/png")
+        body, ctype = multipart("file", "captcha.png", png_bytes(image), "image/png")
         out.append(Endpoint("POST /predict/captcha", "POST", "/predict/captcha", body, ctype, expect_json("text")))
     if "autoencoder" in models:
         body, ctype = multipart("file", "digit.png", digit, "image/png")
@@ -200,7 +194,7 @@ def in_process(models_dir: Path, threads: int, device: str = "cpu", batches=(1, 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     registry.load_dir(models_dir)
     rows = []
-    data = png(drawn_digit(7))
+    data = png_bytes(drawn_digit(7))
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         to_digit_tensor(digit_canvas(decode_image(data, 40_000_000)))
@@ -237,7 +231,7 @@ def digit_ceiling(models_dir: Path, threads: int = 2, batch: int = 32, seconds: 
 
     from app.inference import prepare_upload
     from app.registry import ModelRegistry
-    from app.routers.digits import DigitReader, digit_batch
+    from app.routers.digits import DigitItem, DigitReader, digit_batch
     from testkit import drawn_digit
 
     torch.set_num_threads(1)
@@ -245,14 +239,15 @@ def digit_ceiling(models_dir: Path, threads: int = 2, batch: int = 32, seconds: 
     registry.load_dir(models_dir)
     entry = registry.pick("digits", None)
     reader = DigitReader(entry, registry.pick("autoencoder", None) if registry.variants("autoencoder") else None)
-    data = png(drawn_digit(7))
+    data = png_bytes(drawn_digit(7))
     counts = [0] * threads
     stop = time.perf_counter() + seconds
 
     def work(k: int) -> None:
         with torch.inference_mode():
             while time.perf_counter() < stop:
-                items = [prepare_upload(entry, data, 40_000_000) for _ in range(batch)]
+                # What a default request (no steps, no echo) puts in the batch.
+                items = [DigitItem(*prepare_upload(entry, data, 40_000_000), steps=False) for _ in range(batch)]
                 digit_batch(reader, items)
                 counts[k] += batch
 
@@ -284,40 +279,31 @@ def loadavg() -> str:
         return "n/a"
 
 
-def markdown(cells: list[Cell], inproc: list[tuple], conditions: dict, ceiling: dict | None = None) -> str:
-    lines = ["| endpoint | clients | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | non-200 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in cells:
-        bad = sum(v for k, v in c.statuses.items() if k != 200)
-        lines.append(f"| {c.endpoint} | {c.concurrency} | {c.rps:,.0f} | {c.pct(0.50):.1f} | {c.pct(0.95):.1f} | "
-                     f"{c.pct(0.99):.1f} | {c.pct(0.99) / c.pct(0.50):.1f} | {bad} |")
-    bare = {c.concurrency: c for c in cells if c.endpoint.startswith("bare")}
-    ratios = []
-    for c in cells:
-        if c.endpoint.startswith("POST") and c.concurrency in bare:
-            ratios.append(f"| {c.endpoint} | {c.concurrency} | {c.rps / bare[c.concurrency].rps:.2f} |")
-    served = [c for c in cells if c.endpoint == "POST /predict/digit"]
-    ceiling_lines = []
-    if ceiling and served:
-        ceiling_lines = ["### /predict/digit against its in-process ceiling", "",
-                         f"The same work in-process, no HTTP (PNG decode, crop/centre, {ceiling['model']} with per-row "
-                         f"answers + autoencoder typicality, batches of {ceiling['batch']}, {ceiling['threads']} threads "
-                         f"of 1 torch thread, the server's CPUs): **{ceiling['images_per_s']:,.0f} images/s**.", "",
-                         "| clients | served req/s | ceiling images/s | served / ceiling | p50 ms | p99 ms | p99/p50 | non-200 |",
-                         "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for c in served:
-            bad = sum(v for k, v in c.statuses.items() if k != 200)
-            ceiling_lines.append(f"| {c.concurrency} | {c.rps:,.0f} | {ceiling['images_per_s']:,.0f} | "
-                                 f"{c.rps / ceiling['images_per_s']:.2f} | {c.pct(0.50):.1f} | {c.pct(0.99):.1f} | "
-                                 f"{c.pct(0.99) / c.pct(0.50):.1f} | {bad} |")
-        ceiling_lines.append("")
-    out = [*ceiling_lines, "### Load (HTTP over loopback)", "", *lines, "", "Throughput relative to the bare endpoint at the same "
-           "concurrency (target for /predict/digit at 32 clients: >= 0.5, with p99 <= 4x p50):", "",
-           "| endpoint | clients | x bare |", "|---|---:|---:|", *ratios, "",
-           "### In-process (no HTTP)", "", "| what | batch | images/s | ms per call |", "|---|---:|---:|---:|"]
-    out += [f"| {name} | {b} | {ips:,.0f} | {ms:.2f} |" for name, b, ips, ms in inproc]
-    out += ["", "Conditions: " + "; ".join(f"{k}: {v}" for k, v in conditions.items())]
-    return "\n".join(out) + "\n"
+last_ceiling: list[dict] = [{}]
+
+
+def measure_ceiling(models_dir: Path, server_cpus: set[int] | None, client_cpus: set[int] | None,
+                    seconds: float) -> dict:
+    """digit_ceiling on the server's CPUs (then back to the client's)."""
+    if server_cpus:
+        os.sched_setaffinity(0, server_cpus)
+    try:
+        last_ceiling[0] = digit_ceiling(models_dir, seconds=seconds)
+    finally:
+        if server_cpus:
+            os.sched_setaffinity(0, client_cpus or set(range(os.cpu_count() or 1)))
+    return last_ceiling[0]
+
+
+def summarise(cells: list[Cell], inproc: list[tuple], conditions: dict, ceiling: dict | None) -> dict:
+    """Everything a report needs, as plain JSON (what --save writes and bench/readme_tables.py renders)."""
+    rows = [{"endpoint": c.endpoint, "clients": c.concurrency, "requests": len(c.latencies), "rps": round(c.rps, 1),
+             "p50_ms": round(c.pct(0.50), 2), "p95_ms": round(c.pct(0.95), 2), "p99_ms": round(c.pct(0.99), 2),
+             "non_200": sum(v for k, v in c.statuses.items() if k != 200), "wrong": c.errors} for c in cells]
+    return {"cells": rows, "ceiling": ceiling,
+            "in_process": [{"what": n, "batch": b, "images_per_s": round(ips, 1), "ms": round(ms, 3)}
+                           for n, b, ips, ms in inproc],
+            "conditions": conditions}
 
 
 def main(argv=None) -> int:
@@ -333,8 +319,14 @@ def main(argv=None) -> int:
     p.add_argument("--server-cpus", help="pin the server to these CPUs, e.g. 0,1 (a container's CPU limit)")
     p.add_argument("--client-cpus", help="pin this process (the client) to these CPUs, e.g. 2,3")
     p.add_argument("--markdown", type=Path, help="also write the tables here")
+    p.add_argument("--save", type=Path, help="also write the results as JSON (bench/results/load.json is what the "
+                                             "README and docs/serving.md are rendered from)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (python -m app.serve --workers; "
+                                                             "default $WEB_CONCURRENCY or 1)")
     p.add_argument("--no-inprocess", action="store_true")
     p.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling of /predict/digit")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of (served /predict/digit at the top concurrency, "
+                                                         "in-process ceiling), alternately; the median is reported")
     args = p.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -351,7 +343,8 @@ def main(argv=None) -> int:
     load_before = loadavg()
     cells: list[Cell] = []
     # Pinning the server to a few CPUs stands for a container's CPU limit (docker-compose.yml).
-    with running_service({"RNNLAB_BENCH_ROUTES": "true", **env}, ["--no-access-log"], cpus=server_cpus, port=port,
+    server_args = ["--workers", str(args.workers)] if args.workers else []
+    with running_service({"RNNLAB_BENCH_ROUTES": "true", **env}, server_args, cpus=server_cpus, port=port,
                          log_path=log_path) as server:
         ready = fetch_json(port, "/readyz")
         endpoints = build_endpoints(ready["models"])
@@ -369,6 +362,22 @@ def main(argv=None) -> int:
                       f"p95 {cell.pct(.95):7.1f}  p99 {cell.pct(.99):7.1f} ms  n={len(cell.latencies)}"
                       + (f"  non-200 {bad}" if bad else "") + (f"  WRONG {cell.errors}" if cell.errors else ""),
                       flush=True)
+        rounds = []
+        digit = next((e for e in endpoints if e.name == "POST /predict/digit"), None)
+        if digit is not None and not args.no_ceiling and args.rounds:
+            # Served and ceiling alternately, so that both see the same machine; the server idles
+            # while the ceiling runs (on the server's CPUs), the bench client idles meanwhile.
+            for r in range(args.rounds):
+                cell = asyncio.run(run_cell(port, digit, max(levels), args.duration, 10**9))
+                ceiling = measure_ceiling(args.models_dir, server_cpus, client_cpus, args.duration)
+                rounds.append({"served_rps": round(cell.rps, 1), "p50_ms": round(cell.pct(0.5), 2),
+                               "p99_ms": round(cell.pct(0.99), 2), "non_200": sum(v for k, v in cell.statuses.items()
+                                                                                  if k != 200),
+                               "ceiling_images_per_s": round(ceiling["images_per_s"], 1),
+                               "ratio": round(cell.rps / ceiling["images_per_s"], 3)})
+                print(f"round {r + 1}: served {cell.rps:.0f} req/s (p50 {cell.pct(.5):.1f}, p99 {cell.pct(.99):.1f} ms), "
+                      f"ceiling {ceiling['images_per_s']:.0f} images/s: {cell.rps / ceiling['images_per_s']:.2f}",
+                      flush=True)
         metrics = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         settings_seen = {k: v for k, v in env.items() if k != "RNNLAB_MODELS_DIR"}
     batch_lines = [ln for ln in metrics.splitlines() if ln.startswith(("rnnlab_batch_size_sum", "rnnlab_batch_size_count"))]
@@ -385,14 +394,18 @@ def main(argv=None) -> int:
     device = env.get("RNNLAB_DEVICE", "cpu")
     device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     inproc = [] if args.no_inprocess else in_process(args.models_dir, threads or 1, device)
-    if server_cpus:  # the ceiling runs on the server's CPUs
-        os.sched_setaffinity(0, server_cpus)
-    ceiling = None if args.no_ceiling else digit_ceiling(args.models_dir)
+    ceiling = None
+    if rounds:
+        median = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
+        ceiling = {**last_ceiling[0], "images_per_s": median["ceiling_images_per_s"], "rounds": rounds,
+                   "median_round": rounds.index(median) + 1}
+    workers = args.workers or int(os.environ.get("WEB_CONCURRENCY", 1) or 1)
     conditions = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "CPUs": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
         "torch": torch.__version__,
-        "server": f"1 uvicorn process ({server_stack()})",
+        "server": f"python -m app.serve, {workers} uvicorn worker process{'es' if workers > 1 else ''} "
+                  f"({server_stack()})",
         "server env": settings_seen or "defaults", "in-process torch threads": threads or 1,
         "server CPUs": args.server_cpus or f"all {os.cpu_count()}", "client CPUs": args.client_cpus or "all",
         "in-process device": device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
@@ -400,11 +413,15 @@ def main(argv=None) -> int:
         "load average before / after": f"{load_before} / {loadavg()}",
         "per cell": f"<= {args.duration:g} s or <= {args.max_requests} requests",
     }
-    text = markdown(cells, inproc, conditions, ceiling)
+    results = summarise(cells, inproc, conditions, ceiling)
+    text = load_markdown(results)
     print()
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
+    if args.save:  # bench/readme_tables.py renders the README's and docs/serving.md's tables from it
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(results, indent=1) + "\n")
     wrong = [c for c in cells if c.errors]
     return 1 if wrong else 0
 

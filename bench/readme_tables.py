@@ -1,10 +1,11 @@
-"""Render the README's model table and captcha results from the committed manifests, so
-their figures are never typed by hand.
+"""Render the README's model table and captcha results from the committed manifests, and the
+load tables of README.md and docs/serving.md from the saved load bench (bench/results/load.json,
+written by `bench/load.py --save`), so their figures are never typed by hand.
 
     .venv/bin/python bench/readme_tables.py           # print the blocks
-    .venv/bin/python bench/readme_tables.py --write   # replace them in README.md
+    .venv/bin/python bench/readme_tables.py --write   # replace them in README.md and docs/serving.md
 
-tests/test_readme.py fails when README.md and the manifests disagree.
+tests/test_readme.py fails when the documents and the manifests or the saved bench disagree.
 """
 
 from __future__ import annotations
@@ -173,20 +174,104 @@ def render_captcha() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"model-table": render, "captcha-results": render_captcha}
+LOAD_RESULTS = ROOT / "bench" / "results" / "load.json"
+
+
+def ceiling_round(results: dict) -> dict | None:
+    """The median of the alternating (served /predict/digit, in-process ceiling) rounds."""
+    ceiling = results.get("ceiling") or {}
+    rounds = ceiling.get("rounds")
+    return rounds[ceiling["median_round"] - 1] if rounds else None
+
+
+def load_markdown(results: dict) -> str:
+    """The load bench's tables (bench/load.py prints them; docs/serving.md holds them)."""
+    cells, ceiling = results["cells"], results.get("ceiling")
+    lines = ["| endpoint | clients | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | non-200 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cells:
+        lines.append(f"| {c['endpoint']} | {c['clients']} | {c['rps']:,.0f} | {c['p50_ms']:.1f} | {c['p95_ms']:.1f} | "
+                     f"{c['p99_ms']:.1f} | {c['p99_ms'] / c['p50_ms']:.1f} | {c['non_200']} |")
+    bare = {c["clients"]: c for c in cells if c["endpoint"].startswith("bare")}
+    ratios = [f"| {c['endpoint']} | {c['clients']} | {c['rps'] / bare[c['clients']]['rps']:.2f} |"
+              for c in cells if c["endpoint"].startswith("POST") and c["clients"] in bare]
+    out = []
+    if ceiling and ceiling.get("rounds"):
+        clients = max(c["clients"] for c in cells)
+        out += ["#### /predict/digit against its in-process ceiling", "",
+                f"The ceiling is the same work in-process with no HTTP: the route's own prepare and batch functions "
+                f"(PNG decode, crop/centre, {ceiling['model']} + the autoencoder's typicality, as for a default "
+                f"request), in batches of {ceiling['batch']} on {ceiling['threads']} threads of 1 torch thread, on the "
+                f"server's CPUs. Served ({clients} clients, default query parameters) and ceiling were measured "
+                f"alternately, {len(ceiling['rounds'])} rounds; the median round is in bold.", "",
+                "| round | served req/s | ceiling images/s | served / ceiling | p50 ms | p99 ms | p99/p50 | non-200 |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for k, r in enumerate(ceiling["rounds"], 1):
+            ratio = f"**{r['ratio']:.2f}**" if k == ceiling["median_round"] else f"{r['ratio']:.2f}"
+            out.append(f"| {k} | {r['served_rps']:,.0f} | {r['ceiling_images_per_s']:,.0f} | {ratio} | {r['p50_ms']:.1f} "
+                       f"| {r['p99_ms']:.1f} | {r['p99_ms'] / r['p50_ms']:.1f} | {r['non_200']} |")
+        out.append("")
+    out += ["#### Load (HTTP over loopback)", "", *lines, ""]
+    if ratios:
+        out += ["Throughput relative to the bare endpoint at the same concurrency:", "",
+                "| endpoint | clients | x bare |", "|---|---:|---:|", *ratios, ""]
+    if results["in_process"]:
+        out += ["#### In-process (no HTTP)", "", "| what | batch | images/s | ms per call |", "|---|---:|---:|---:|"]
+        out += [f"| {r['what']} | {r['batch']} | {r['images_per_s']:,.0f} | {r['ms']:.2f} |" for r in results["in_process"]]
+        out.append("")
+    out += ["Conditions: " + "; ".join(f"{k}: {v}" for k, v in results["conditions"].items())]
+    return "\n".join(out) + "\n"
+
+
+def _load_results() -> dict:
+    return json.loads(LOAD_RESULTS.read_text())
+
+
+def render_load_summary() -> str:
+    """README: /predict/digit against its ceiling, and every route at the highest concurrency."""
+    results = _load_results()
+    cells, ceiling, cond = results["cells"], results["ceiling"], results["conditions"]
+    top = max(c["clients"] for c in cells)
+    bare = next((c for c in cells if c["endpoint"].startswith("bare") and c["clients"] == top), None)
+    lines = [f"| endpoint, {top} clients | req/s | p50 ms | p99 ms | p99/p50 | x bare | non-200 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for c in cells:
+        if c["clients"] == top:
+            name = c["endpoint"].replace("bare GET /bench/noop", "bare `GET /bench/noop` (does nothing)")
+            name = name if name.startswith("bare") else f"`{name}`"
+            lines.append(f"| {name} | {c['rps']:,.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | "
+                         f"{c['p99_ms'] / c['p50_ms']:.1f} | {c['rps'] / bare['rps']:.2f} | {c['non_200']} |")
+    median = ceiling_round(results)
+    text = [f"Measured {cond['date']} on {cond['CPUs']} CPUs ({cond['server']}; server CPUs: {cond['server CPUs']}, "
+            f"client CPUs: {cond['client CPUs']}), the demo page's 280x280 PNG:", "", *lines]
+    if median is not None:
+        text += ["", f"`/predict/digit` serves **{median['ratio']:.2f}x** its in-process ceiling (median of "
+                 f"{len(ceiling['rounds'])} alternating rounds: {median['served_rps']:,.0f} req/s against "
+                 f"{median['ceiling_images_per_s']:,.0f} images/s for the same prepare and batch functions with no "
+                 f"HTTP; p99 {median['p99_ms'] / median['p50_ms']:.1f}x p50). The goal is >= 0.7x with p99 <= 3x p50 "
+                 "and no errors."]
+    return "\n".join(text)
+
+
+def render_load_full() -> str:
+    return load_markdown(_load_results()).rstrip("\n")
+
+
+BLOCKS = {"model-table": render, "captcha-results": render_captcha, "load-summary": render_load_summary}
+DOCS_BLOCKS = {"load-bench": render_load_full}  # docs/serving.md
 
 
 def replace_block(text: str, table: str, name: str = "model-table") -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no {start} ... {end} block")
+        raise SystemExit(f"no {start} ... {end} block to fill")
     return pattern.sub(lambda _: f"{start}\n{table}\n{end}", text)
 
 
-def render_all(text: str) -> str:
-    """`text` (README.md) with every generated block rendered afresh."""
-    for name, make in BLOCKS.items():
+def render_all(text: str, blocks: dict = BLOCKS) -> str:
+    """`text` (README.md, or docs/serving.md with DOCS_BLOCKS) with every generated block rendered afresh."""
+    for name, make in blocks.items():
         text = replace_block(text, make(), name)
     return text
 
@@ -196,9 +281,9 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update README.md in place")
     args = parser.parse_args()
     if args.write:
-        readme = ROOT / "README.md"
-        readme.write_text(render_all(readme.read_text()))
-    for make in BLOCKS.values():
+        for path, blocks in ((ROOT / "README.md", BLOCKS), (ROOT / "docs" / "serving.md", DOCS_BLOCKS)):
+            path.write_text(render_all(path.read_text(), blocks))
+    for make in [*BLOCKS.values(), *DOCS_BLOCKS.values()]:
         print(make(), end="\n\n")
 
 

@@ -8,13 +8,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_model_table_matches_manifests():
+def _tables():
     spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "bench" / "readme_tables.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_model_table_matches_manifests():
+    mod = _tables()
     readme = (ROOT / "README.md").read_text()
     assert mod.render_all(readme) == readme, \
-        "README model table or captcha results are stale: run .venv/bin/python bench/readme_tables.py --write"
+        "README model table, captcha results or load summary are stale: run .venv/bin/python bench/readme_tables.py --write"
+
+
+def test_serving_doc_load_tables_match_the_saved_bench():
+    mod = _tables()
+    doc = (ROOT / "docs" / "serving.md").read_text()
+    assert mod.render_all(doc, mod.DOCS_BLOCKS) == doc, \
+        "docs/serving.md load tables are stale: run .venv/bin/python bench/readme_tables.py --write"
+    results = mod._load_results()
+    median = mod.ceiling_round(results)
+    assert median is not None and f"**{median['ratio']:.2f}x**" in (ROOT / "README.md").read_text()
 
 
 def test_readme_has_the_two_setup_commands():
