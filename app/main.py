@@ -26,6 +26,9 @@ log = logging.getLogger("rnnlab")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Here and not only in the lifespan: `uvicorn app.main:app` imports the app before it logs
+    # `Started server process`, so its lines are JSON too.
+    configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

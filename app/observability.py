@@ -86,10 +86,15 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # uvicorn installs its own handlers; send its records through ours so every line has one shape.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    # Not uvicorn's access lines: ObservabilityMiddleware writes one per request already (with the
+    # request id and route), so uvicorn's would be a second line for every request.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
 
 
 # -- metrics ---------------------------------------------------------------------------------

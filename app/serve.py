@@ -45,9 +45,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def run_worker(host: str, port: int, graceful_s: float, log_level: str = "info") -> None:
-    """One uvicorn server on its own socket (in this process)."""
+    """One uvicorn server on its own socket (in this process). Logging is set up before uvicorn
+    starts (log_config=None: uvicorn adds no handlers of its own), so its first lines
+    (`Started server process`, ...) are JSON like every other."""
+    settings = get_settings()
+    configure_logging(log_level or settings.log_level, settings.log_format)
     config = uvicorn.Config(APP, host=host, port=port, access_log=False, timeout_graceful_shutdown=graceful_s,
-                            log_level=log_level)
+                            log_level=log_level, log_config=None)
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 

@@ -8,6 +8,8 @@ import logging
 import os
 import re
 
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.observability import JsonFormatter, request_id_var
@@ -119,3 +121,44 @@ def test_made_request_ids_are_unique_within_and_across_forked_processes():
     child = os.read(read, 64).decode()
     os.close(read), os.close(write)
     assert re.fullmatch(r"[0-9a-f]{32}", child) and child[:20] != observability._new_request_id()[:20]
+
+
+def test_uvicorns_access_logger_never_adds_a_second_line(capsys):
+    """The app writes one access line per request; uvicorn's own access logger (configured as
+    uvicorn does it, with its handler) must stay silent after configure_logging, even if the
+    server runs without --no-access-log."""
+    import logging
+
+    from app.observability import configure_logging
+
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.addHandler(logging.StreamHandler())  # what uvicorn's default log config installs
+    uvicorn_access.propagate = False
+    configure_logging("info", "json")
+    uvicorn_access.info('127.0.0.1:5 - "GET /healthz HTTP/1.1" 200')
+    assert "GET /healthz" not in capsys.readouterr().err
+
+
+def test_every_line_the_service_writes_is_json_from_the_first(tmp_path):
+    """From `Started server process` on, through start-up, requests and shutdown: one JSON
+    object per line (docs/serving.md), for one worker and for the supervisor with two."""
+    import json
+    import urllib.request
+
+    from testkit import running_service
+
+    for workers in ("1", "2"):
+        log = tmp_path / f"serve-{workers}.log"
+        with running_service({"RNNLAB_DEVICE": "cpu", "RNNLAB_LOG_FORMAT": "json"}, ["--workers", workers],
+                             log_path=log) as service:
+            urllib.request.urlopen(service.url + "/healthz").read()
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        messages = []
+        for line in lines:
+            try:
+                messages.append(json.loads(line)["message"])
+            except (ValueError, KeyError):
+                pytest.fail(f"{workers} worker(s): not a JSON log line: {line!r}")
+        assert any("Started server process" in m for m in messages), messages[:5]
+        assert any("Application startup complete" in m for m in messages)
+        assert sum(m == "GET /healthz 200" for m in messages) == 1  # one access line, not two
