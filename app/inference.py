@@ -57,18 +57,26 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def prepare_upload(entry: LoadedModel, data: bytes, max_pixels: int) -> Any:
+def prepare_upload(entry: LoadedModel, data: bytes, max_pixels: int, sizes: dict | None = None) -> Any:
     """Upload bytes -> the network input, by the task's prepare function and the manifest's
-    input contract; a 4xx when the image is unusable."""
+    input contract; a 4xx when the image is unusable. `sizes`, if given, gets the decoded
+    image's (width, height) under the key "last"."""
     image = decode_image(data, max_pixels)
+    if sizes is not None:
+        sizes["last"] = image.size
     try:
         return entry.spec.prepare(image, entry.manifest.input)
     except NoDigitError as exc:
         raise ApiError(422, "no_digit", f"{exc}; draw a digit in a colour that differs from the background") from None
 
 
-def _prepare_all(entry: LoadedModel, files: dict[str, bytes], max_pixels: int) -> dict[str, Any]:
-    return {name: prepare_upload(entry, data, max_pixels) for name, data in files.items()}
+def _prepare_all(entry: LoadedModel, files: dict[str, bytes], max_pixels: int
+                 ) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+    inputs, sizes, seen = {}, {}, {}
+    for name, data in files.items():
+        inputs[name] = prepare_upload(entry, data, max_pixels, seen)
+        sizes[name] = seen["last"]
+    return inputs, sizes
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Served:
     entry: LoadedModel  # the model that answered
     inputs: dict[str, Any]  # per upload field: what its prepare function returned
     result: Any  # this request's share of the batch function's results
+    sizes: dict[str, tuple[int, int]]  # per upload field: the decoded image's (width, height)
 
 
 async def serve(services: Services, request: Request, *, task: str, model: str | None, batch: BatchFn,
@@ -91,6 +100,6 @@ async def serve(services: Services, request: Request, *, task: str, model: str |
     batcher = services.batching.for_model(entry.name, target(entry) if target else entry, batch)
     async with batcher.admit() as slot:
         files = await read_images(request, settings.max_upload_bytes, fields, settings.upload_timeout_s)
-        inputs = await services.batching.preprocess(_prepare_all, entry, files, settings.max_image_pixels)
+        inputs, sizes = await services.batching.preprocess(_prepare_all, entry, files, settings.max_image_pixels)
         result = await slot.infer(item(inputs) if item else next(iter(inputs.values())))
-    return Served(entry, inputs, result)
+    return Served(entry, inputs, result, sizes)

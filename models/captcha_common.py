@@ -39,6 +39,9 @@ class CharReading:
     char: str
     confidence: float
     top3: list[tuple[str, float]]
+    # With explain: where the character was read, as weights over the reader's T input columns
+    # (each 4 px of its input), summing to 1 (seq2seq: its attention; ctc: its run's probabilities).
+    columns: list[float] | None = None
 
 
 @dataclass

@@ -74,13 +74,14 @@ class CaptchaCTC(nn.Module):
         return [decode_label(idx) for idx in greedy_collapse(logits.argmax(-1))]
 
     @torch.inference_mode()
-    def read(self, x: torch.Tensor, full: torch.Tensor | None = None) -> list[CaptchaReading]:
+    def read(self, x: torch.Tensor, full: torch.Tensor | None = None, explain: bool = False) -> list[CaptchaReading]:
         """x: (B, 1, H, W) reader input; full: (B, 60, 160) grey pixels of the same images at the
-        generator's size, for the o/0 glyph net (ignored without one)."""
+        generator's size, for the o/0 glyph net (ignored without one). With `explain`, each
+        character carries the probabilities of its run's columns, normalised."""
         logits = self(x)
         if self.o0 is None or full is None:
-            return read_ctc(logits)
-        return read_ctc(*self.refine_o0(logits, full.to(x.device)))
+            return read_ctc(logits, explain=explain)
+        return read_ctc(*self.refine_o0(logits, full.to(x.device)), explain=explain)
 
     @torch.inference_mode()
     def o0_candidates(self, logits: torch.Tensor, full_width: int,
@@ -154,7 +155,8 @@ def greedy_runs(row: list[int]) -> list[tuple[int, list[int]]]:
     return runs
 
 
-def read_ctc(logits: torch.Tensor, runs: list[list[tuple[int, list[int]]]] | None = None) -> list[CaptchaReading]:
+def read_ctc(logits: torch.Tensor, runs: list[list[tuple[int, list[int]]]] | None = None,
+             explain: bool = False) -> list[CaptchaReading]:
     """logits (B, T, 37) -> readings. A character's confidence and top-3 come from the column
     of its run where it is most likely (blank excluded, renormalised over the 36 characters
     for the top-3). The string's confidence is the CTC probability of the decoded text, i.e.
@@ -173,6 +175,10 @@ def read_ctc(logits: torch.Tensor, runs: list[list[tuple[int, list[int]]]] | Non
             char_probs = probs[i, col, 1:]  # (36,)
             top = char_reading(char_probs / char_probs.sum(), k)
             top.confidence = float(probs[i, col, k + 1])
+            if explain:  # where it was read: its probability in each column of its run, normalised
+                weights = torch.zeros(t)
+                weights[cols] = probs[i, cols, k + 1].cpu()
+                top.columns = (weights / weights.sum().clamp_min(1e-12)).tolist()
             chars.append(top)
         text = "".join(c.char for c in chars)
         if chars:

@@ -156,14 +156,24 @@ class CaptchaSeq2Seq(nn.Module):
         return mix_o0(log_probs, glyph.view_as(top), apply, self.o0.config.mix)
 
     @torch.inference_mode()
-    def read(self, x: torch.Tensor, full: torch.Tensor | None = None) -> list[CaptchaReading]:
+    def read(self, x: torch.Tensor, full: torch.Tensor | None = None, explain: bool = False) -> list[CaptchaReading]:
         """x: (B, 1, H, W) reader input; full: (B, 60, 160) grey pixels of the same images at the
         generator's size, for the o/0 glyph net (ignored without one; without `full` the
-        reader answers alone)."""
-        if self.o0 is None or full is None:
+        reader answers alone). With `explain`, each character carries its attention over the
+        input columns (on the unshifted view)."""
+        if not explain and (self.o0 is None or full is None):
             return read_seq2seq(self.log_probs(x))
         lp, attention = self.log_probs(x, return_attention=True)
-        return read_seq2seq(self.refine_o0(lp, attention, full.to(x.device)))
+        if self.o0 is not None and full is not None:
+            lp = self.refine_o0(lp, attention, full.to(x.device))
+        readings = read_seq2seq(lp)
+        if explain:
+            if attention is None:
+                raise ValueError("explain needs a seq2seq reader with attention")
+            for reading, weights in zip(readings, attention.float().tolist()):  # (4, T) per item
+                for char, column_weights in zip(reading.characters, weights):
+                    char.columns = column_weights
+        return readings
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

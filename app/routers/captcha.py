@@ -6,6 +6,7 @@ import secrets
 import threading
 from typing import Annotated
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -26,6 +27,12 @@ class CaptchaCharacter(BaseModel):
     confidence: float = Field(..., description="probability of `char` at its position", examples=[0.99])
     top3: list[tuple[str, float]] = Field(..., description="the 3 most likely characters with probabilities",
                                           examples=[[["3", 0.99], ["8", 0.005], ["b", 0.001]]])
+    span: tuple[int, int] | None = Field(
+        None, description="with explain=true: [x0, x1) in the upload's pixels where the character was read "
+                          "(the middle 90% of its weights)", examples=[[12, 41]])
+    weights: list[float] | None = Field(
+        None, description="with explain=true: one weight per column of the upload, summing to 1: where it was "
+                          "read (seq2seq: its attention; ctc: the probabilities of its run of columns)")
 
 
 class CaptchaPrediction(BaseModel):
@@ -40,19 +47,40 @@ class NewCaptcha(BaseModel):
     text: str = Field(..., description="its answer, lower case", examples=["3fk9"])
 
 
-def captcha_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[CaptchaReading]:
+def captcha_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, torch.Tensor | None, bool]]
+                  ) -> list[CaptchaReading]:
     """One forward pass for B requests (run by app/batching.py in the model's thread):
-    items B x ((1, 1, H, W), full-resolution (1, 60, 160) or None) -> B readings (text, string
-    probability, per-character top-3)."""
-    x = stack_batch([small for small, _ in items], entry.device)
-    if items[0][1] is None:
-        return entry.model.read(x)
-    return entry.model.read(x, full=stack_batch([full for _, full in items], entry.device))
+    items B x ((1, 1, H, W), full-resolution (1, 60, 160) or None, explain) -> B readings (text,
+    string probability, per-character top-3, and where each was read when a request asked)."""
+    x = stack_batch([small for small, _, _ in items], entry.device)
+    explain = any(wanted for _, _, wanted in items)
+    full = None if items[0][1] is None else stack_batch([f for _, f, _ in items], entry.device)
+    return entry.model.read(x, full=full, explain=explain)
+
+
+def upload_columns(columns: list[float], reader_width: int, upload_width: int) -> tuple[list[float], tuple[int, int]]:
+    """A character's weights over the reader's T input columns (each 4 px of its `reader_width`
+    input) -> (weights over the upload's columns, summing to 1; its span [x0, x1), the middle 90%
+    of that weight). The reader's input is the upload resized, so column t covers upload x in
+    [4t, 4t + 4) * upload_width / reader_width."""
+    per_pixel = np.zeros(upload_width)
+    scale = upload_width / reader_width
+    for t, w in enumerate(columns):
+        x0, x1 = round(4 * t * scale), max(round(4 * (t + 1) * scale), round(4 * t * scale) + 1)
+        x1 = min(x1, upload_width)
+        if x1 > x0:
+            per_pixel[x0:x1] += w / (x1 - x0)
+    per_pixel /= max(per_pixel.sum(), 1e-12)
+    cumulative = np.cumsum(per_pixel)
+    x0 = int(np.searchsorted(cumulative, 0.05))
+    x1 = int(np.searchsorted(cumulative, 0.95)) + 1
+    return per_pixel.tolist(), (x0, max(min(x1, upload_width), x0 + 1))
 
 
 @router.post(
     "/predict/captcha",
     response_model=CaptchaPrediction,
+    response_model_exclude_none=True,
     responses=UPLOAD_ERRORS,
     openapi_extra=upload_body(SINGLE_UPLOAD),
     summary="Read a 4-character captcha (0-9, a-z, case-insensitive) with a CNN-to-sequence model",
@@ -61,16 +89,22 @@ async def predict_captcha(
     request: Request,
     services: ServicesDep,
     model: Annotated[str | None, Query(description="ctc | seq2seq (default: the most accurate)")] = None,
+    explain: Annotated[bool, Query(description="add each character's span and weights over the upload's "
+                                               "columns: where it was read")] = False,
 ) -> CaptchaPrediction:
-    served = await serve(services, request, task="captcha", model=model, batch=captcha_batch)
+    served = await serve(services, request, task="captcha", model=model, batch=captcha_batch,
+                         item=lambda inputs: (*inputs["file"], explain))
     reading: CaptchaReading = served.result
-    return CaptchaPrediction(
-        text=reading.text,
-        confidence=round(reading.confidence, 6),
-        model=served.entry.variant,
-        characters=[CaptchaCharacter(char=c.char, confidence=round(c.confidence, 6),
-                                     top3=[(ch, round(p, 6)) for ch, p in c.top3]) for c in reading.characters],
-    )
+    characters = []
+    for c in reading.characters:
+        character = CaptchaCharacter(char=c.char, confidence=round(c.confidence, 6),
+                                     top3=[(ch, round(p, 6)) for ch, p in c.top3])
+        if explain and c.columns is not None:
+            weights, span = upload_columns(c.columns, served.entry.manifest.input["width"], served.sizes["file"][0])
+            character.span, character.weights = span, [round(w, 6) for w in weights]
+        characters.append(character)
+    return CaptchaPrediction(text=reading.text, confidence=round(reading.confidence, 6), model=served.entry.variant,
+                             characters=characters)
 
 
 _generator_lock = threading.Lock()

@@ -18,9 +18,33 @@ from app.inference import SINGLE_UPLOAD, ServicesDep, serve
 from app.registry import LoadedModel
 from app.uploads import upload_body
 from models.autoencoder import per_image_mse, typicality_of
+from models.explain import explain_digits
 from models.preprocess import canvas_to_image
 
 router = APIRouter(tags=["digits"])
+
+
+class UnitTrace(BaseModel):
+    unit: int = Field(..., description="index of the hidden unit in the traced layer")
+    values: list[float] = Field(..., description="its value h_t after each of the 28 rows")
+
+
+class DigitExplanation(BaseModel):
+    cell: str = Field(..., examples=["lstm"])
+    layer: int = Field(..., description="the traced layer (the last), 1-based")
+    layers: int
+    gates: dict[str, list[float]] = Field(
+        ..., description="mean gate activation over the hidden units, per row: lstm input/forget/output, "
+                         "gru update/reset, rnn none")
+    candidate: list[float] | None = Field(None, description="mean candidate per row (lstm C~_t, gru n_t)")
+    cell_norm: list[float] | None = Field(None, description="lstm: L2 norm of the cell state C_t per row")
+    hidden_norm: list[float] = Field(..., description="L2 norm of h_t per row")
+    row_importance: list[float] = Field(
+        ..., description="per row, how much the answer's probability drops when that row alone is blanked")
+    row_importance_log: list[float] = Field(
+        ..., description="the same as a drop of the answer's log-probability (nats): tells rows apart even "
+                         "when the answer is so sure that no single row moves its probability")
+    units: list[UnitTrace] = Field(..., description="the 8 hidden units that move most, row by row")
 
 
 class DigitPrediction(BaseModel):
@@ -34,6 +58,9 @@ class DigitPrediction(BaseModel):
     typicality: float | None = Field(
         None, ge=0, le=1, description="does this look like a digit? share of MNIST test digits the autoencoder "
                                       "reconstructs worse (~0.5 typical, near 0 a scribble); absent without one")
+    explain: DigitExplanation | None = Field(
+        None, description="with explain=true: the last recurrent layer's gates and states row by row, computed "
+                          "step by step with the same weights on the same input, and the rows that mattered")
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,7 @@ class DigitItem:
     x: torch.Tensor  # (1, 28, 28): the digit net's input, by its manifest's contract
     canvas: np.ndarray  # (28, 28) in [0, 1]: the autoencoder's input (raw pixels)
     steps: bool  # the caller wants the per-row answers
+    explain: bool = False  # ... and the gates, states and row importance (models/explain.py)
 
 
 @dataclass
@@ -56,6 +84,7 @@ class DigitResult:
     probabilities: list[float]  # 10
     steps: list[list[float]] | None  # 28 x 10, the answer after each row (only when asked for)
     typicality: float | None
+    explain: dict | None = None
 
 
 def digit_batch(reader: DigitReader, items: list[DigitItem]) -> list[DigitResult]:
@@ -76,7 +105,15 @@ def digit_batch(reader: DigitReader, items: list[DigitItem]) -> list[DigitResult
         canvases = torch.from_numpy(np.stack([item.canvas for item in items])).to(ae.device)
         mse = per_image_mse(ae.model(canvases), canvases).cpu().numpy()  # (B,)
         typical = typicality_of(mse, ae.manifest.typicality["mse_quantiles"]).tolist()
-    return [DigitResult(p, s if item.steps else None, t) for p, s, t, item in zip(probs, step_probs, typical, items)]
+    results = [DigitResult(p, s if item.steps else None, t) for p, s, t, item in zip(probs, step_probs, typical, items)]
+    wanted = [k for k, item in enumerate(items) if item.explain]
+    if wanted:
+        norm = reader.digits.manifest.input.get("normalize")
+        blank = -norm["mean"] / norm["std"] if norm else 0.0  # what an empty pixel becomes as input
+        answers = logits[wanted].argmax(-1)
+        for k, explanation in zip(wanted, explain_digits(reader.digits.model, x[wanted], answers, blank)):
+            results[k].explain = explanation
+    return results
 
 
 def _reader(entry: LoadedModel, services) -> DigitReader:
@@ -98,10 +135,12 @@ async def predict_digit(
     model: Annotated[str | None, Query(description="rnn | lstm | gru (default: the most accurate)")] = None,
     steps: Annotated[bool, Query(description="include the 28x10 per-row probabilities")] = False,
     echo: Annotated[bool, Query(description="include the 28x28 input the model saw")] = False,
+    explain: Annotated[bool, Query(description="include the last layer's gates and states per row, the rows "
+                                               "that mattered and the 8 units that move most")] = False,
 ) -> DigitPrediction:
     served = await serve(services, request, task="digits", model=model, batch=digit_batch,
                          target=lambda entry: _reader(entry, services),
-                         item=lambda inputs: DigitItem(*inputs["file"], steps=steps))
+                         item=lambda inputs: DigitItem(*inputs["file"], steps=steps, explain=explain))
     result: DigitResult = served.result
     probs = result.probabilities
     digit = max(range(len(probs)), key=probs.__getitem__)
@@ -114,4 +153,16 @@ async def predict_digit(
         steps=[[round(p, 5) for p in row] for row in result.steps] if result.steps is not None else None,
         input=png_data_url(canvas_to_image(canvas)) if echo else None,
         typicality=result.typicality,
+        explain=_rounded(result.explain) if result.explain else None,
     )
+
+
+def _rounded(value, places: int = 5):
+    """Floats in nested lists/dicts rounded for the response."""
+    if isinstance(value, float):
+        return round(value, places)
+    if isinstance(value, list):
+        return [_rounded(v, places) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, places) for k, v in value.items()}
+    return value
