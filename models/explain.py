@@ -93,17 +93,24 @@ def row_importance(model: DigitRNN, x: torch.Tensor, answer: torch.Tensor, blank
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, 28, 28) as the network reads it, answer (B,) class indices -> (B, 28) twice: how much
     the answer's probability drops when that row alone is blanked (set to `blank`, the network
-    input of an empty pixel), and how much its log-probability drops (which still tells rows
-    apart when the answer is so sure that no single row moves its probability). One batch of
-    B * 28 occluded copies."""
+    input of an empty pixel), and how much its log-odds log(p / (1 - p)) drop, which still tells
+    rows apart when the answer is so sure (p = 0.9999) that no single row moves its probability.
+    One batch of B * 28 occluded copies."""
     b, rows, cols = x.shape
     copies = x.unsqueeze(1).repeat(1, rows, 1, 1)  # (B, 28, 28, 28): copy r of item i
     index = torch.arange(rows, device=x.device)
     copies[:, index, index, :] = blank  # copy r has row r blanked
-    base = model(x).log_softmax(-1).gather(1, answer[:, None])  # (B, 1) log p(answer)
-    occluded = model(copies.reshape(b * rows, rows, cols)).log_softmax(-1).reshape(b, rows, -1)
-    occluded = occluded.gather(2, answer[:, None, None].expand(b, rows, 1)).squeeze(-1)  # (B, 28)
-    return base.exp() - occluded.exp(), base - occluded
+    def log_p_and_odds(logits: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # logits (..., 10), index (..., 1) -> log p(answer) and its log-odds, both (...)
+        log_p = logits.log_softmax(-1)
+        answer_lp = log_p.gather(-1, index).squeeze(-1)
+        others = log_p.scatter(-1, index, float("-inf")).logsumexp(-1)  # log(1 - p), computed stably
+        return answer_lp, answer_lp - others
+
+    base_lp, base_odds = log_p_and_odds(model(x), answer[:, None])  # (B,)
+    occluded = model(copies.reshape(b * rows, rows, cols)).reshape(b, rows, -1)
+    occ_lp, occ_odds = log_p_and_odds(occluded, answer[:, None, None].expand(b, rows, 1))  # (B, 28)
+    return base_lp.exp()[:, None] - occ_lp.exp(), base_odds[:, None] - occ_odds
 
 
 @torch.inference_mode()
@@ -126,7 +133,7 @@ def explain_digits(model: DigitRNN, x: torch.Tensor, answer: torch.Tensor, blank
             "cell_norm": last.cell[i].norm(dim=-1).tolist() if last.cell is not None else None,
             "hidden_norm": hidden[i].norm(dim=-1).tolist(),
             "row_importance": importance[i],
-            "row_importance_log": log_importance[i],
+            "row_importance_log_odds": log_importance[i],
             "units": [{"unit": int(u), "values": hidden[i, :, u].tolist()} for u in movers[i].tolist()],
         })
     return out

@@ -73,7 +73,7 @@ def test_predict_digit_explain_on_every_variant(client, variant):
     e = body["explain"]
     gates = {"lstm": {"input", "forget", "output"}, "gru": {"update", "reset"}, "rnn": set()}[variant]
     assert e["cell"] == variant and e["layer"] == e["layers"] >= 2 and set(e["gates"]) == gates
-    for series in [*e["gates"].values(), e["hidden_norm"], e["row_importance"], e["row_importance_log"]]:
+    for series in [*e["gates"].values(), e["hidden_norm"], e["row_importance"], e["row_importance_log_odds"]]:
         assert len(series) == 28
     assert all(0 <= v <= 1 for g in e["gates"].values() for v in g)
     assert (e.get("cell_norm") is not None) == (variant == "lstm")

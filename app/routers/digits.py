@@ -41,8 +41,8 @@ class DigitExplanation(BaseModel):
     hidden_norm: list[float] = Field(..., description="L2 norm of h_t per row")
     row_importance: list[float] = Field(
         ..., description="per row, how much the answer's probability drops when that row alone is blanked")
-    row_importance_log: list[float] = Field(
-        ..., description="the same as a drop of the answer's log-probability (nats): tells rows apart even "
+    row_importance_log_odds: list[float] = Field(
+        ..., description="the same as a drop of the answer's log-odds log(p / (1 - p)): tells rows apart even "
                          "when the answer is so sure that no single row moves its probability")
     units: list[UnitTrace] = Field(..., description="the 8 hidden units that move most, row by row")
 
