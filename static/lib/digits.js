@@ -1,8 +1,9 @@
 // The digits panel: live prediction while drawing, probability bars, "Watch it read" (the
-// per-row guesses as a 28x10 heat map beside the 28x28 the model saw), and RNN/LSTM/GRU
-// side by side.
+// per-row guesses as a 28x10 heat map beside the 28x28 the model saw, which rows mattered,
+// and the cell's gates row by row: lib/explain.js), and RNN/LSTM/GRU side by side.
 
 import { ApiError, Throttle, postFiles } from "./api.js";
+import { ExplainView } from "./explain.js";
 import { exampleStrokes } from "./strokes.js";
 import {
   $, describeTypicality, el, heatColour, label, markUnavailable, pct, pctNice, prefersDark, setPanelState, showError,
@@ -29,6 +30,11 @@ export function initDigits({ panel, pad, catalog, announce }) {
     play: $("#row-play", panel),
     readout: $("#row-readout", panel),
     watch: $("#watch", panel),
+    gates: $("#gate-canvas", panel),
+    gateLabels: $("#gate-labels", panel),
+    gateCaption: $("#gate-caption", panel),
+    importance: $("#row-importance", panel),
+    explain: $("#explain", panel),
     undo: $("[data-testid=digit-undo]", panel),
     clear: $("[data-testid=digit-clear]", panel),
     example: $("#digit-example", panel),
@@ -151,6 +157,7 @@ export function initDigits({ panel, pad, catalog, announce }) {
     for (const k of Object.keys(latest)) delete latest[k];
     watch.data = null;
     els.watch.dataset.empty = "true";
+    els.watch.dataset.explain = "false";
     stopPlaying();
     paintWatch();
     showError(els.error, null);
@@ -173,7 +180,7 @@ export function initDigits({ panel, pad, catalog, announce }) {
     const blob = await pad.toBlob();
     const wanted = full ? variants : [selected];
     const settled = await Promise.allSettled(wanted.map((v) => postFiles(
-      `/predict/digit?model=${encodeURIComponent(v)}${v === selected ? "&steps=true&echo=true" : ""}`, { file: blob })));
+      `/predict/digit?model=${encodeURIComponent(v)}${v === selected ? "&steps=true&echo=true&explain=true" : ""}`, { file: blob })));
     if (pad.isEmpty || asked < shownVersion) return; // cleared, or a newer drawing is already shown
     shownVersion = asked;
     lastError = null;
@@ -235,6 +242,7 @@ export function initDigits({ panel, pad, catalog, announce }) {
     const fresh = watch.data?.input !== data.input;
     watch.data = data;
     els.watch.dataset.empty = "false";
+    els.watch.dataset.explain = String(Boolean(data.explain));
     if (fresh) watch.image.src = data.input; else paintWatch();
   }
 
@@ -243,6 +251,10 @@ export function initDigits({ panel, pad, catalog, announce }) {
   const heatLabels = [...$("#heat-labels", panel).children];
   els.seen.width = SEEN; els.seen.height = SEEN;
   els.heat.width = HEAT_W; els.heat.height = HEAT_H;
+  const inside = new ExplainView({
+    canvas: els.gates, labels: els.gateLabels, caption: els.gateCaption, strip: els.importance, section: els.explain,
+    architecture: (v) => catalog.models.digits[v]?.architecture,
+  });
 
   function paintWatch() {
     const dark = prefersDark();
@@ -293,13 +305,17 @@ export function initDigits({ panel, pad, catalog, announce }) {
     }
     // Column labels under the heat map (HTML, crisp at any size); the final answer's in bold.
     heatLabels.forEach((node, d) => node.classList.toggle("is-answer", Boolean(data) && d === data.digit));
+    // Inside the cell: gate lanes, equations with this row's numbers, the row-importance strip.
+    const cellHint = catalog.models.digits[selected]?.architecture?.cell || selected;
+    inside.paint(data, k, { dark, accent, cellHint });
     // Readout + slider text for screen readers.
     if (data) {
       const row = data.steps[Math.max(0, k - 1)];
       const best = row.indexOf(Math.max(...row));
       const text = k === 0 ? "Nothing read yet" : `After row ${k} of ${ROWS}: ${best} (${pctNice(row[best])})`;
       els.readout.textContent = text;
-      els.slider.setAttribute("aria-valuetext", text);
+      const gates = inside.spoken(data, k);
+      els.slider.setAttribute("aria-valuetext", gates ? `${text}; ${gates}` : text);
     } else {
       els.readout.textContent = "Draw a digit to see the rows being read";
       els.slider.setAttribute("aria-valuetext", "no drawing yet");
