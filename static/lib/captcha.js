@@ -1,5 +1,7 @@
 // The captcha panel: upload (picker or drag-and-drop) or fetch a fresh captcha, decode it,
-// show each character's confidence with its top-3 on hover/focus, switch ctc / seq2seq.
+// show each character's confidence with its top-3 on hover/focus, and where on the image it
+// was read (`explain=true`: a band over its span and a curve of its column weights); switch
+// ctc / seq2seq.
 
 import { ApiError, dataUrlToBlob, getJSON, postFiles } from "./api.js";
 import { $, el, label, markUnavailable, pct, pctNice, setPanelState, showError } from "./ui.js";
@@ -21,6 +23,9 @@ export function initCaptcha({ panel, catalog, announce }) {
     newBtn: $("[data-testid=captcha-new]", panel),
     img: $("#captcha-img", panel),
     stage: $("#captcha-stage", panel),
+    read: $("#captcha-read", panel),
+    band: $("[data-testid=captcha-band]", panel),
+    curve: $("#captcha-read svg", panel),
     result: $("[data-testid=captcha-result]", panel),
     confidence: $("#captcha-confidence", panel),
     truthRow: $("#captcha-truth-row", panel),
@@ -69,7 +74,53 @@ export function initCaptcha({ panel, catalog, announce }) {
     els.tip.style.top = `${r.bottom + window.scrollY + 8}px`;
   }
   const hideTip = () => { els.tip.hidden = true; };
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape") hideTip(); });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") { hideTip(); hideRead(); } });
+
+  // ---- where each character was read: a band over its span, a curve of its column weights ---
+  /** The drawn image's box inside the <img> (object-fit: contain letterboxes other shapes). */
+  function imageBox() {
+    const img = els.img;
+    const nw = img.naturalWidth, nh = img.naturalHeight, cw = img.clientWidth, ch = img.clientHeight;
+    const s = Math.min(cw / nw, ch / nh);
+    return { left: img.offsetLeft + (cw - nw * s) / 2, top: img.offsetTop + (ch - nh * s) / 2, width: nw * s, height: nh * s };
+  }
+
+  function showRead(button) {
+    const read = button._read;
+    if (!read || !els.img.naturalWidth) return;
+    for (const b of els.result.children) b.classList.toggle("is-reading", b === button);
+    const width = read.weights.length || els.img.naturalWidth;
+    const box = imageBox();
+    Object.assign(els.read.style, { left: `${box.left}px`, top: `${box.top}px`, width: `${box.width}px`, height: `${box.height}px` });
+    const [x0, x1] = read.span;
+    els.band.style.left = `${(100 * x0) / width}%`;
+    els.band.style.width = `${(100 * (x1 - x0)) / width}%`;
+    els.band.dataset.char = read.char;
+    els.band.dataset.index = String(read.index);
+    // The weights as a curve along the bottom of the image, its peak at 60% of the height.
+    const peak = Math.max(...read.weights, 1e-9);
+    const pts = read.weights.map((w, x) => `${x + 0.5},${(100 - (60 * w) / peak).toFixed(2)}`);
+    els.curve.setAttribute("viewBox", `0 0 ${width} 100`);
+    if (pts.length) {
+      els.curve.querySelector(".read-line").setAttribute("d", `M${pts.join("L")}`);
+      els.curve.querySelector(".read-area").setAttribute("d", `M0,100L${pts.join("L")}L${width},100Z`);
+    }
+    els.curve.hidden = !pts.length;
+    els.read.hidden = false;
+  }
+
+  function hideRead() {
+    els.read.hidden = true;
+    for (const b of els.result.children) b.classList.remove("is-reading");
+  }
+
+  /** A character's span and weights from the answer, when the server sent them (else null). */
+  function readOf(ch, i) {
+    const span = Array.isArray(ch.span) && ch.span.length === 2 ? ch.span.map(Number) : null;
+    if (!span || !(span[0] < span[1])) return null;
+    const weights = Array.isArray(ch.weights) ? ch.weights.map(Number) : [];
+    return { span, weights, char: String(ch.char ?? ""), index: i };
+  }
 
   const normTop3 = (top3) => (Array.isArray(top3) ? top3 : []).map((t) => (Array.isArray(t)
     ? [String(t[0]), Number(t[1])] : [String(t.char ?? t.c ?? "?"), Number(t.confidence ?? t.p ?? t.probability ?? 0)]));
@@ -79,24 +130,31 @@ export function initCaptcha({ panel, catalog, announce }) {
     const chars = Array.isArray(data.characters) && data.characters.length
       ? data.characters : [...text].map((c) => ({ char: c }));
     const truthLower = truth ? truth.toLowerCase() : null;
+    hideRead();
     els.result.replaceChildren(...chars.map((ch, i) => {
       const c = String(ch.char ?? "");
       const conf = typeof ch.confidence === "number" ? ch.confidence : null;
       const tone = conf == null ? "" : conf >= 0.9 ? "hi" : conf >= 0.6 ? "mid" : "lo";
       const wrong = truthLower != null && truthLower[i] !== c.toLowerCase();
       const top3 = normTop3(ch.top3);
+      const read = readOf(ch, i);
       const b = el("button", {
         type: "button", class: `char tone-${tone}${wrong ? " is-wrong" : ""}`,
         "aria-label": `character ${i + 1}: ${c}${conf != null ? `, ${pctNice(conf)} sure` : ""}`
-          + (top3.length ? `; top 3: ${top3.map(([t, p]) => `${t} ${pctNice(p)}`).join(", ")}` : ""),
+          + (top3.length ? `; top 3: ${top3.map(([t, p]) => `${t} ${pctNice(p)}`).join(", ")}` : "")
+          + (read ? `; read between pixels ${read.span[0]} and ${read.span[1]} across` : ""),
         style: conf != null ? { "--conf": conf.toFixed(3) } : null,
       }, c);
       b._top3 = top3;
-      if (top3.length) {
-        b.addEventListener("mouseenter", () => showTip(b));
-        b.addEventListener("focus", () => showTip(b));
-        b.addEventListener("mouseleave", hideTip);
-        b.addEventListener("blur", hideTip);
+      b._read = read;
+      const show = () => { if (top3.length) showTip(b); showRead(b); };
+      const hide = () => { hideTip(); hideRead(); };
+      if (top3.length || read) {
+        b.addEventListener("mouseenter", show);
+        b.addEventListener("focus", show);
+        b.addEventListener("click", show); // a tap, where a button may not take focus
+        b.addEventListener("mouseleave", () => { if (document.activeElement !== b) hide(); });
+        b.addEventListener("blur", hide);
       }
       return b;
     }));
@@ -126,7 +184,7 @@ export function initCaptcha({ panel, catalog, announce }) {
     setPanelState(panel, "busy");
     panel.setAttribute("aria-busy", "true");
     try {
-      const data = await postFiles(`/predict/captcha?model=${encodeURIComponent(selected)}`, { file: current.blob });
+      const data = await postFiles(`/predict/captcha?model=${encodeURIComponent(selected)}&explain=true`, { file: current.blob });
       if (mine !== ticket) return;
       showError(els.error, null);
       showResult(data, current.truth);
@@ -144,6 +202,7 @@ export function initCaptcha({ panel, catalog, announce }) {
       markUnavailable(panel, "This server lists a captcha model but has no /predict/captcha endpoint.");
       return;
     }
+    hideRead();
     els.result.replaceChildren();
     els.confidence.textContent = "";
     showError(els.error, err, prefix);
