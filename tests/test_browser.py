@@ -3,7 +3,8 @@
 The real service runs in a subprocess (uvicorn on a free loopback port) on the committed
 weights in models/weights. Digits are drawn with mouse moves (and, at phone size, touch)
 along the pen paths of testkit/drawing.py. Screenshots of each panel go to
-artifacts/browser/ (gitignored); with RNNLAB_UPDATE_SCREENSHOT=1, one desktop view also goes to docs/screenshot.png for the README.
+artifacts/browser/ (gitignored); with RNNLAB_UPDATE_SCREENSHOT=1, one desktop view also goes to
+docs/screenshot.png and the "watch it think" view to docs/explain.png, for the README.
 
 Needs `playwright` (the dev extra) and Chromium at /usr/bin/chromium (`apt-get install
 chromium`; Playwright's own browser download is not used). Without them these tests skip,
@@ -29,6 +30,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update"]
 ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
+DOCS_EXPLAIN = REPO_ROOT / "docs" / "explain.png"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 AE_TASK = "autoencoder"
@@ -187,6 +189,28 @@ def _post_file(url: str, data: bytes) -> dict:
 
 def _agreement(a: str, b: str) -> int:
     return sum(x == y for x, y in zip(a.lower(), b.lower()))
+
+
+def _answers(page, path: str) -> list:
+    """Every response to `path` with explain=true, in arrival order (read them after settling)."""
+    seen: list = []
+    page.on("response", lambda r: seen.append(r) if path in r.url and "explain=true" in r.url else None)
+    return seen
+
+
+def _num(v: float, digits: int) -> str:
+    """A number as the page writes it: fixed decimals and a real minus sign."""
+    return ("−" if v < 0 else "") + f"{abs(v):.{digits}f}"
+
+
+def _box_rows(page, selector: str) -> tuple[float, float]:
+    box = page.locator(selector).bounding_box()
+    return box["y"], box["height"]
+
+
+# RGB of the page's lane colours (static/lib/explain.js), to find the traces on the canvas.
+LANE_RGB = {"forget": (37, 99, 235), "input": (22, 163, 74), "output": (147, 51, 234), "update": (37, 99, 235),
+            "reset": (234, 88, 12)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +419,169 @@ def test_autoencoder_panel(desktop, server):
     desktop.assert_clean()
 
 
+def _trace_pixels(page, rgb) -> int:
+    """How many pixels of the gate canvas are (nearly) the colour `rgb`: the trace is drawn."""
+    return page.locator("#gate-canvas").evaluate("""(c, rgb) => {
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4)
+          if (d[i + 3] > 200 && Math.abs(d[i] - rgb[0]) + Math.abs(d[i + 1] - rgb[1]) + Math.abs(d[i + 2] - rgb[2]) < 30) n++;
+        return n; }""", list(rgb))
+
+
+def _check_inside_the_cell(page, ex: dict, digit: int):
+    """The gate lanes, the equations with the scrubbed row's numbers, and the row-importance strip
+    show what the API sent for this drawing (`ex`: its explain block)."""
+    explain = page.get_by_test_id("explain")
+    assert explain.is_visible()
+    assert page.locator("#gate-caption").text_content().endswith(f"(layer {ex['layer']} of {ex['layers']}), row by row")
+    gates = sorted(ex["gates"])
+    lanes = page.locator("#gate-labels .lane-label").count()
+    assert lanes == {"lstm": 7, "gru": 5, "rnn": 2}[ex["cell"]], lanes
+    for gate in gates:
+        assert _trace_pixels(page, LANE_RGB[gate]) > 100, gate
+    # The rows line up: image, strip, heat map and gate lanes share their top and height.
+    top, height = _box_rows(page, "#seen-canvas")
+    for sel in ("#row-importance", "#heat-canvas", "#gate-canvas"):
+        t, h = _box_rows(page, sel)
+        assert abs(t - top) < 1.5 and abs(h - height) < 1.5, (sel, t, h, top, height)
+    shown = {}
+    for row in (9, 20):
+        page.locator("#row-slider").fill(str(row))
+        assert page.locator("#explain-title").text_content().endswith(f"at row {row} of 28")
+        for gate in gates:
+            value = page.get_by_test_id(f"eq-value-{gate}").text_content()
+            assert value == f"mean {_num(ex['gates'][gate][row - 1], 2)}", (gate, row, value)
+            shown[gate, row] = value
+        assert page.get_by_test_id("eq-value-hidden").text_content().endswith(f"= {_num(ex['hidden_norm'][row - 1], 1)}")
+        if ex.get("cell_norm"):
+            assert page.get_by_test_id("eq-value-cell").text_content().endswith(f"= {_num(ex['cell_norm'][row - 1], 1)}")
+        chips = page.get_by_test_id("unit-values").locator(".unit-chip")
+        assert chips.count() == len(ex["units"]) == 8
+        first = ex["units"][0]
+        assert chips.first.text_content() == f"#{first['unit']} {_num(first['values'][row - 1], 2)}"
+        valuetext = page.locator("#row-slider").get_attribute("aria-valuetext")
+        assert f"row {row} of 28" in valuetext and all(f"{g} gate" in valuetext for g in gates), valuetext
+    if gates:  # the numbers follow the scrubber
+        assert any(shown[g, 9] != shown[g, 20] for g in gates), shown
+    # Row importance: 28 cells shaded by the drop in the answer's log-odds, the darkest at the
+    # row that mattered most, empty rows blank.
+    imp = ex["row_importance_log_odds"]
+    cells = page.get_by_test_id("row-importance").locator(".imp-cell")
+    assert cells.count() == 28
+    shade = cells.evaluate_all("els => els.map(e => parseFloat(e.style.getPropertyValue('--v')))")
+    peak = max(abs(v) for v in imp)
+    top_row = max(range(28), key=lambda r: imp[r])
+    for r in range(28):
+        assert shade[r] == pytest.approx(min(1, abs(imp[r]) / max(peak, 0.5)), abs=2e-3), (r, shade[r], imp[r])
+    assert shade[top_row] == max(shade) > 0 and shade[0] == 0
+    assert f"odds of a {digit}" in cells.nth(top_row).get_attribute("title")
+    assert f"row {top_row + 1}" in page.get_by_test_id("row-importance").get_attribute("aria-label")
+    assert page.get_by_test_id("row-matter").text_content().endswith(f"The row that mattered most: row {top_row + 1}.")
+    return top_row
+
+
+def test_watch_it_think_gates_equations_and_rows_that_mattered(desktop, server):
+    """explain=true: the LSTM's gates beside the heat map with the chapter's equations and the
+    scrubbed row's numbers, the rows that mattered beside the image; then the GRU and the RNN."""
+    cells = server["catalog"]["digits"]
+    if "lstm" not in cells:
+        pytest.skip("no LSTM digit model is loaded")
+    page = desktop.page
+    answers = _answers(page, "/predict/digit")
+    page.locator(".cell-card[data-variant=lstm]").click()
+    desktop.draw_with_mouse(7)
+    assert desktop.predicted_digit() == "7"
+    body = answers[-1].json()  # one request in flight at a time: the last answer is the one shown
+    assert body["model"] == "lstm" and body["digit"] == 7
+    ex = body["explain"]
+    eqs = page.get_by_test_id("equations")
+    assert eqs.locator(".eq").count() == 7  # six equations and the 8 units
+    text = eqs.inner_text()
+    for piece in ("ft = σ(Wf·[ht−1, xt] + bf)", "Ct = ft ⊙ Ct−1 + it ⊙ C\u0303t", "ht = ot ⊙ tanh(Ct)"):
+        assert piece in text.replace("\n", " "), (piece, text)
+    _check_inside_the_cell(page, ex, 7)
+    page.locator("#row-slider").fill("10")
+    desktop.shot("desktop-explain-7", page.locator(".watch-card"))
+    if os.environ.get("RNNLAB_UPDATE_SCREENSHOT"):
+        DOCS_EXPLAIN.write_bytes((ARTIFACTS / "desktop-explain-7.png").read_bytes())
+
+    # A 1: one straight stroke, read by the same cell.
+    page.get_by_test_id("digit-clear").click()
+    assert desktop.settle("digits") == "empty"
+    assert page.get_by_test_id("explain").is_hidden()
+    desktop.draw_with_mouse(1)
+    assert desktop.predicted_digit() == "1"
+    ex1 = answers[-1].json()["explain"]
+    _check_inside_the_cell(page, ex1, 1)
+    page.locator("#row-slider").fill("10")
+    desktop.shot("desktop-explain-1", page.locator(".watch-card"))
+
+    # The GRU, written as PyTorch computes it, and the plain RNN: no gates, one equation.
+    for cell, rows, needle in [("gru", 5, "ht = (1 − zt) ⊙ h\u0303t + zt ⊙ ht−1"), ("rnn", 2, "no gates")]:
+        if cell not in cells:
+            continue
+        page.locator(f".cell-card[data-variant={cell}]").click()
+        assert desktop.predicted_digit() == "1"
+        assert page.locator(".cell-card[aria-pressed=true]").get_attribute("data-variant") == cell
+        ex_c = answers[-1].json()["explain"]
+        assert ex_c["cell"] == cell
+        assert eqs.locator(".eq").count() == rows
+        assert needle in eqs.inner_text().replace("\n", " ")
+        if cell == "gru":  # says which convention it follows
+            assert "torch.nn.GRU" in page.locator("#explain [data-role=note]").text_content()
+        _check_inside_the_cell(page, ex_c, 1)
+        desktop.shot(f"desktop-explain-{cell}", page.locator(".watch-card"))
+    desktop.assert_clean()
+
+
+def test_captcha_hover_shows_where_each_character_was_read(desktop, server):
+    """Hover, focus or click a character: a band over the columns where it was read (its span)
+    and a curve of its weights; the bands go left to right in the order of the characters."""
+    variants = server["catalog"].get("captcha", [])
+    if not variants:
+        pytest.skip("no captcha model is loaded")
+    page = desktop.page
+    answers = _answers(page, "/predict/captcha")
+    page.get_by_test_id("captcha-new").click()
+    assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+    for n, variant in enumerate(v for v in ["ctc", "seq2seq"] if v in variants):
+        if not page.get_by_test_id(f"captcha-model-{variant}").is_checked():
+            page.get_by_test_id(f"captcha-model-{variant}").click()
+            assert desktop.settle("captcha") == "ready"
+        body = answers[-1].json()
+        assert body["model"] == variant
+        chars = page.locator("[data-testid=captcha-result] .char")
+        band = page.get_by_test_id("captcha-band")
+        img = page.locator("#captcha-img").bounding_box()
+        width = len(body["characters"][0]["weights"])
+        centres = []
+        for i, ch in enumerate(body["characters"]):
+            chars.nth(i).hover()
+            assert band.is_visible() and band.get_attribute("data-index") == str(i)
+            assert "is-reading" in chars.nth(i).get_attribute("class")
+            box = band.bounding_box()
+            x0, x1 = ch["span"]
+            # The band covers the span, in the shown image's scale (the captcha is 160x60, shown 400 wide).
+            assert box["x"] == pytest.approx(img["x"] + img["width"] * x0 / width, abs=1.5), (i, box, ch["span"])
+            assert box["width"] == pytest.approx(img["width"] * (x1 - x0) / width, abs=1.5)
+            assert page.locator("#captcha-read .read-line").get_attribute("d").count("L") == width - 1
+            centres.append(box["x"] + box["width"] / 2)
+        assert centres == sorted(centres), (variant, centres)
+        if n == 0:
+            desktop.shot("desktop-captcha-read", page.locator(".captcha-out"))
+        page.mouse.move(0, 0)
+        assert page.get_by_test_id("captcha-read").is_hidden()
+        # From the keyboard: focus shows it, Escape hides it.
+        chars.nth(2).focus()
+        assert band.is_visible() and band.get_attribute("data-index") == "2"
+        assert "read between pixels" in chars.nth(2).get_attribute("aria-label")
+        page.keyboard.press("Escape")
+        assert page.get_by_test_id("captcha-read").is_hidden()
+        chars.nth(2).blur()
+    desktop.assert_clean()
+
+
 def test_phone_layout_and_touch_drawing(phone, server):
     page = phone.page
     # Nothing sticks out sideways on a 390 px screen.
@@ -406,7 +593,23 @@ def test_phone_layout_and_touch_drawing(phone, server):
     phone.draw_with_touch(7)
     assert phone.predicted_digit() == "7"
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    # Watch it think: the gate lanes go full width under the image and heat map, the equations
+    # below them; nothing sticks out.
+    assert page.get_by_test_id("explain").is_visible()
+    seen, gates = page.locator("#seen-canvas").bounding_box(), page.locator("#gate-canvas").bounding_box()
+    assert gates["y"] > seen["y"] + seen["height"] and gates["x"] >= 0 and gates["x"] + gates["width"] <= PHONE["width"]
+    page.locator("#row-slider").fill("12")
+    assert page.locator("#explain-title").text_content().endswith("at row 12 of 28")
+    for el in page.locator("#explain .eq > *").all():
+        box = el.bounding_box()
+        assert box is None or box["x"] + box["width"] <= PHONE["width"], el.text_content()
     phone.shot("phone-digits", phone.panel("digits"))
+    if server["catalog"].get("captcha"):  # a tap on a character shows where it was read
+        page.get_by_test_id("captcha-new").tap()
+        assert phone.settle("captcha") == "ready"
+        page.locator("[data-testid=captcha-result] .char").nth(1).tap()
+        assert page.get_by_test_id("captcha-band").is_visible()
+        assert page.get_by_test_id("captcha-band").get_attribute("data-index") == "1"
     for name in ("captcha", "ae"):
         phone.panel(name).scroll_into_view_if_needed()
         phone.shot(f"phone-{name}", phone.panel(name))
