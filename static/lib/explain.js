@@ -90,7 +90,7 @@ export function mathHTML(src) {
 
 const fmt = (v, digits = 2) => (v < 0 ? "−" : "") + Math.abs(v).toFixed(digits); // a real minus sign
 const niceMax = (m) => {
-  const steps = [0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000];
+  const steps = [0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200, 300, 400, 500, 1000];
   return steps.find((s) => s >= m) ?? m;
 };
 
