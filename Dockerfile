@@ -35,9 +35,12 @@ open('requirements.txt', 'w').write('\n'.join(d for d in deps if d not in torch)
 # ---- runtime: the venv, the service code and the weights; no compilers, no pip cache ----------
 FROM ${PYTHON_IMAGE} AS runtime
 ARG RNNLAB_UID=10001
+# A system account (no password aging, no lastlog/faillog entries) above Debian's system range
+# (SYS_UID_MAX 999) so it cannot collide with the host's system users; -K raises the limit for
+# this one call, which silences useradd's "uid 10001 is greater than SYS_UID_MAX" warning.
 RUN groupadd --system --gid "${RNNLAB_UID}" rnnlab \
- && useradd --system --uid "${RNNLAB_UID}" --gid rnnlab --home-dir /srv/rnnlab --no-create-home \
-            --shell /usr/sbin/nologin rnnlab
+ && useradd --system -K SYS_UID_MAX="${RNNLAB_UID}" --uid "${RNNLAB_UID}" --gid rnnlab \
+            --home-dir /srv/rnnlab --no-create-home --shell /usr/sbin/nologin rnnlab
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv/rnnlab
 # Code and weights stay root-owned and read-only to the service user.
