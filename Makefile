@@ -11,7 +11,7 @@ SHELL  := /bin/bash
 # pip on this kind of machine lists its local mirrors noisily; keep real errors visible.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: setup run test clean
+.PHONY: setup run test docker-test clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The image and compose as deployed, against a real Docker engine (deploy/docker_test.py): build,
+# checks, a mixed load inside the memory limit, 3 replicas behind nginx scaled down under load.
+# Skips where no engine is reachable. RNNLAB_DOCKER_BUILD_ARGS: extra `docker build` arguments;
+# DOCKER_TEST_ARGS: the script's own (--no-build, --load-seconds 30, --scale-seconds 60, ...).
+docker-test: setup
+	$(PY) deploy/docker_test.py $(DOCKER_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
