@@ -287,3 +287,29 @@ def test_docker_compose_config_when_available():
         result = subprocess.run([docker, "compose", *files, "--profile", "gpu", "config", "--quiet"],
                                 capture_output=True, text=True, cwd=REPO_ROOT)
         assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"), reason="needs root and useradd")
+def test_the_images_user_is_created_without_warnings(tmp_path):
+    """The runtime stage's groupadd/useradd line, run here against a scratch root (--root): the
+    user gets uid 10001, and useradd prints nothing (it used to warn that 10001 is above
+    SYS_UID_MAX)."""
+    runtime = stages()[-1]
+    uid = next(a.split("=", 1)[1] for op, a in runtime if op == "ARG" and a.startswith("RNNLAB_UID="))
+    command = next(a for op, a in runtime if op == "RUN" and "useradd" in a).replace("${RNNLAB_UID}", uid)
+    command = " ".join(command.replace("\\\n", " ").split())  # one shell line, continuations joined
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
+        if Path("/etc", name).exists():
+            shutil.copy(Path("/etc", name), root / "etc" / name)
+    shell = root / "usr" / "sbin" / "nologin"  # useradd checks the login shell inside the root
+    shell.parent.mkdir(parents=True)
+    shell.write_text("#!/bin/sh\nexit 1\n")
+    shell.chmod(0o755)
+    rooted = re.sub(r"\b(groupadd|useradd)\b", rf"\1 --root {root}", command)
+    done = subprocess.run(["sh", "-c", rooted], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout + done.stderr == "", f"useradd/groupadd said: {done.stdout}{done.stderr}"
+    entry = next(line for line in (root / "etc" / "passwd").read_text().splitlines() if line.startswith("rnnlab:"))
+    assert entry.split(":")[2] == uid
