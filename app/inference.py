@@ -57,25 +57,27 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def prepare_upload(entry: LoadedModel, data: bytes, max_pixels: int, sizes: dict | None = None) -> Any:
-    """Upload bytes -> the network input, by the task's prepare function and the manifest's
-    input contract; a 4xx when the image is unusable. `sizes`, if given, gets the decoded
-    image's (width, height) under the key "last"."""
-    image = decode_image(data, max_pixels)
-    if sizes is not None:
-        sizes["last"] = image.size
+def prepare_image(entry: LoadedModel, image) -> Any:
+    """A decoded upload -> the network input, by the task's prepare function and the manifest's
+    input contract; a 4xx when there is nothing to read."""
     try:
         return entry.spec.prepare(image, entry.manifest.input)
     except NoDigitError as exc:
         raise ApiError(422, "no_digit", f"{exc}; draw a digit in a colour that differs from the background") from None
 
 
+def prepare_upload(entry: LoadedModel, data: bytes, max_pixels: int) -> Any:
+    """Upload bytes -> the network input (decode, then `prepare_image`); a 4xx when unusable."""
+    return prepare_image(entry, decode_image(data, max_pixels))
+
+
 def _prepare_all(entry: LoadedModel, files: dict[str, bytes], max_pixels: int
                  ) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
-    inputs, sizes, seen = {}, {}, {}
+    """Every upload field -> (its network input, its decoded (width, height))."""
+    inputs, sizes = {}, {}
     for name, data in files.items():
-        inputs[name] = prepare_upload(entry, data, max_pixels, seen)
-        sizes[name] = seen["last"]
+        image = decode_image(data, max_pixels)
+        inputs[name], sizes[name] = prepare_image(entry, image), image.size
     return inputs, sizes
 
 
