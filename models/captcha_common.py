@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +54,104 @@ class CaptchaReading:
     characters: list[CharReading] = field(default_factory=list)
 
 
-def char_reading(probs: torch.Tensor, index: int) -> CharReading:
-    """probs: (C,) class probabilities over CHARSET for one character position."""
-    top = probs.topk(3)
-    return CharReading(CHARSET[index], float(probs[index]),
-                       [(CHARSET[int(i)], float(p)) for p, i in zip(top.values, top.indices)])
+def char_reading(probs: torch.Tensor, index: int, allowed: torch.Tensor | None = None) -> CharReading:
+    """probs: (C,) class probabilities over CHARSET for one character position; allowed: (C,)
+    bool, the classes a charset constraint leaves (top-3 only among them: fewer when fewer are left)."""
+    if allowed is None or bool(allowed.all()):
+        top = probs.topk(3)
+        pairs = zip(top.values, top.indices)
+    else:
+        candidates = allowed.nonzero().flatten().to(probs.device)
+        top = probs[candidates].topk(min(3, len(candidates)))
+        pairs = zip(top.values, candidates[top.indices])
+    return CharReading(CHARSET[index], float(probs[index]), [(CHARSET[int(i)], float(p)) for p, i in pairs])
+
+
+# --- constraints: what a request may ask the readers to answer (decoded under, not filtered after) ---
+
+MAX_CONSTRAINED_LENGTH = 8
+NAMED_CHARSETS = {"digits": string.digits, "letters": string.ascii_lowercase, "alnum": CHARSET}
+_EXPLICIT_OK = set(string.digits + string.ascii_letters)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What an answer must look like. `allowed`: the class indices (0..35 into CHARSET) the
+    answer may use, None = all 36; `length`: exactly that many characters, None = the reader's own.
+    The readers decode under them: disallowed classes lose their probability before decoding
+    (the rest renormalised), and the ctc reader searches the best alignment of that length."""
+    allowed: frozenset[int] | None = None
+    length: int | None = None
+
+    def __post_init__(self):
+        if self.length is not None and not 1 <= self.length <= MAX_CONSTRAINED_LENGTH:
+            raise ValueError(f"length must be from 1 to {MAX_CONSTRAINED_LENGTH}, got {self.length}")
+        if self.allowed is not None:
+            if not self.allowed or not set(self.allowed) <= set(range(NUM_CHARS)):
+                raise ValueError(f"allowed must be a non-empty set of class indices 0..{NUM_CHARS - 1}")
+            if len(self.allowed) == NUM_CHARS:
+                object.__setattr__(self, "allowed", None)  # every class: no charset constraint
+
+    @property
+    def free(self) -> bool:
+        return self.allowed is None and self.length is None
+
+    @property
+    def charset(self) -> str:
+        """The allowed characters in CHARSET order."""
+        return CHARSET if self.allowed is None else "".join(CHARSET[i] for i in sorted(self.allowed))
+
+    def allows(self, char: str) -> bool:
+        return self.allowed is None or _INDEX[char.lower()] in self.allowed
+
+    def mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(36,) bool: True where the class is allowed."""
+        m = torch.ones(NUM_CHARS, dtype=torch.bool, device=device)
+        if self.allowed is not None:
+            m[:] = False
+            m[sorted(self.allowed)] = True
+        return m
+
+
+NO_CONSTRAINTS = Constraints()
+
+
+def parse_constraints(length: int | None = None, charset: str | None = None) -> Constraints:
+    """The query's `length` and `charset` -> Constraints; ValueError with what is allowed.
+    charset: `digits` (0-9), `letters` (a-z), `alnum` (0-9a-z) or the characters themselves
+    from 0-9a-zA-Z (case-insensitive, repeats ignored); a name wins over the same letters."""
+    if length is not None and not 1 <= length <= MAX_CONSTRAINED_LENGTH:
+        raise ValueError(f"length must be a whole number from 1 to {MAX_CONSTRAINED_LENGTH}, got {length}")
+    allowed = None
+    if charset is not None:
+        chars = NAMED_CHARSETS.get(charset.lower(), charset)
+        bad = sorted(set(chars) - _EXPLICIT_OK)
+        if not chars or bad:
+            found = f"got {charset!r}" if not bad else f"{', '.join(repr(c) for c in bad)} in {charset!r} is not"
+            raise ValueError("charset must be digits, letters, alnum or the allowed characters themselves, "
+                             f"one or more of 0-9a-zA-Z (case-insensitive), e.g. charset=0123abc; {found}"
+                             + (" allowed" if bad else ""))
+        allowed = frozenset(_INDEX[c] for c in chars.lower())
+    return Constraints(allowed=allowed, length=length)
+
+
+def with_answers(constraints: Constraints, answers: str | None) -> Constraints:
+    """A reader's own answer charset (its manifest's `answers`: a fine-tuned reader keeps to the
+    characters of its labels) as the charset of requests that name none."""
+    if constraints.allowed is not None or not answers:
+        return constraints
+    return Constraints(allowed=frozenset(_INDEX[c] for c in answers), length=constraints.length)
+
+
+def constraints_per_item(constraints: Constraints | Sequence[Constraints | None] | None, batch: int
+                         ) -> list[Constraints]:
+    """One Constraints for the batch, one per item (None = none), or None -> a list of `batch`."""
+    if constraints is None or isinstance(constraints, Constraints):
+        return [constraints or NO_CONSTRAINTS] * batch
+    items = [c or NO_CONSTRAINTS for c in constraints]
+    if len(items) != batch:
+        raise ValueError(f"{len(items)} constraints for a batch of {batch}")
+    return items
 
 
 def conv_block(c_in: int, c_out: int, pool: tuple[int, int]) -> nn.Sequential:

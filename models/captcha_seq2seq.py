@@ -11,18 +11,24 @@ Optionally (`o0` in the config) the reader carries a second, small net for its m
 confusion, o against 0 (models/captcha_o0.py): `read(x, full=...)` shows it the full-resolution
 image around each character the reader read as o or 0, centred where the reader's attention
 for that character centres.
+
+Constrained decoding (`read(..., constraints=...)`): the characters a charset leaves out get
+-inf logits at every step of every shifted view, before the views are averaged (so each view
+is renormalised over the allowed ones). The length is fixed (4 steps, no end token), so the
+only length this reader can honour is its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.captcha_common import (CAPTCHA_LENGTH, NUM_CHARS, CaptchaReading, ConvColumns, char_reading,
-                                   decode_label, init_gru, shifted_views)
+from models.captcha_common import (CAPTCHA_LENGTH, NUM_CHARS, CaptchaReading, Constraints, ConvColumns, char_reading,
+                                   constraints_per_item, decode_label, init_gru, shifted_views)
 from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, attention_centres, cut_windows,
                                mix_o0)
 
@@ -120,17 +126,19 @@ class CaptchaSeq2Seq(nn.Module):
         return [decode_label(row) for row in logits.argmax(-1).tolist()]
 
     @torch.inference_mode()
-    def log_probs(self, x: torch.Tensor, return_attention: bool = False):
+    def log_probs(self, x: torch.Tensor, return_attention: bool = False, allowed: torch.Tensor | None = None):
         """x: (B, 1, H, W) -> (B, 4, 36) log-probabilities; with `test_time_shifts`, the mean of
         the S shifted views' log-probabilities (one batch of S*B), renormalised. With
-        `return_attention` also the attention (B, 4, T) on the unshifted image."""
+        `return_attention` also the attention (B, 4, T) on the unshifted image. `allowed`
+        (B, 36) bool: the other characters get -inf logits at every step of every view, before
+        the views are averaged (each view renormalised over the allowed characters)."""
         shifts = self.config.test_time_shifts
         if not shifts:
             logits, attention = self(x, return_attention=True)
-            lp = logits.float().log_softmax(-1)
+            lp = mask_logits(logits.float(), allowed).log_softmax(-1)
             return (lp, attention) if return_attention else lp
         logits, attention = self(shifted_views(x, shifts), return_attention=True)  # (S*B, 4, 36), (S*B, 4, T)
-        views = logits.float().log_softmax(-1)
+        views = mask_logits(logits.float(), None if allowed is None else allowed.repeat(len(shifts), 1)).log_softmax(-1)
         lp = views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
         if not return_attention:
             return lp
@@ -141,12 +149,15 @@ class CaptchaSeq2Seq(nn.Module):
         return lp, attention[plain * b:(plain + 1) * b]
 
     @torch.inference_mode()
-    def refine_o0(self, log_probs: torch.Tensor, attention: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    def refine_o0(self, log_probs: torch.Tensor, attention: torch.Tensor, full: torch.Tensor,
+                  allow: torch.Tensor | None = None) -> torch.Tensor:
         """log_probs (B, 4, 36), attention (B, 4, T), full (B, 60, 160) grey image at the
         generator's resolution -> log_probs with o against 0 decided again by the glyph net
-        wherever the reader's answer is o or 0."""
+        wherever the reader's answer is o or 0 (and, with `allow` (B,) bool, the item allows both)."""
         top = log_probs.argmax(-1)  # (B, 4)
         apply = (top == INDEX_O) | (top == INDEX_ZERO)
+        if allow is not None:
+            apply &= allow.to(apply.device)[:, None]
         if self.o0 is None or not bool(apply.any()):
             return log_probs
         centres = attention_centres(attention, self.config.width, full.shape[-1])  # (B, 4) x in full pixels
@@ -155,18 +166,35 @@ class CaptchaSeq2Seq(nn.Module):
         glyph[apply.flatten()] = self.o0(windows[apply.flatten()]).float()
         return mix_o0(log_probs, glyph.view_as(top), apply, self.o0.config.mix)
 
+    def check_constraints(self, constraints: Constraints | None) -> None:
+        """ValueError for a length other than the decoder's fixed number of steps."""
+        if constraints is not None and constraints.length not in (None, self.config.length):
+            raise ValueError(f"length={constraints.length}: the seq2seq reader reads exactly {self.config.length} "
+                             "characters (a fixed number of decoder steps, no end token yet); use model=ctc "
+                             "for another length")
+
     @torch.inference_mode()
-    def read(self, x: torch.Tensor, full: torch.Tensor | None = None, explain: bool = False) -> list[CaptchaReading]:
+    def read(self, x: torch.Tensor, full: torch.Tensor | None = None, explain: bool = False,
+             constraints: Constraints | Sequence[Constraints | None] | None = None) -> list[CaptchaReading]:
         """x: (B, 1, H, W) reader input; full: (B, 60, 160) grey pixels of the same images at the
         generator's size, for the o/0 glyph net (ignored without one; without `full` the
         reader answers alone). With `explain`, each character carries its attention over the
-        input columns (on the unshifted view)."""
+        input columns (on the unshifted view). `constraints`: one for the batch or one per item
+        (None: none); a charset masks every step (see the module doc), the glyph net then only
+        decides o against 0 where the item's charset allows both."""
+        items = constraints_per_item(constraints, x.shape[0])
+        for c in items:
+            self.check_constraints(c)
+        allowed = None
+        if any(c.allowed is not None for c in items):
+            allowed = torch.stack([c.mask() for c in items]).to(x.device)  # (B, 36)
         if not explain and (self.o0 is None or full is None):
-            return read_seq2seq(self.log_probs(x))
-        lp, attention = self.log_probs(x, return_attention=True)
+            return read_seq2seq(self.log_probs(x, allowed=allowed), allowed=allowed)
+        lp, attention = self.log_probs(x, return_attention=True, allowed=allowed)
         if self.o0 is not None and full is not None:
-            lp = self.refine_o0(lp, attention, full.to(x.device))
-        readings = read_seq2seq(lp)
+            both = None if allowed is None else allowed[:, INDEX_O] & allowed[:, INDEX_ZERO]
+            lp = self.refine_o0(lp, attention, full.to(x.device), allow=both)
+        readings = read_seq2seq(lp, allowed=allowed)
         if explain:
             if attention is None:
                 raise ValueError("explain needs a seq2seq reader with attention")
@@ -189,13 +217,22 @@ class CaptchaSeq2Seq(nn.Module):
                 f"Linear({c.decoder_hidden}, 36){tta}")
 
 
-def read_seq2seq(logits: torch.Tensor) -> list[CaptchaReading]:
+def mask_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """logits (N, L, 36), allowed (N, 36) bool or None -> the disallowed characters at -inf."""
+    if allowed is None:
+        return logits
+    return logits.masked_fill(~allowed.to(logits.device)[:, None, :], float("-inf"))
+
+
+def read_seq2seq(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> list[CaptchaReading]:
     """logits (B, 4, 36) -> readings: per position the argmax; the string's confidence is the
-    product of the 4 positions' probabilities."""
+    product of the 4 positions' probabilities. `allowed` (B, 36) bool keeps each item's top-3
+    to its charset (the logits then already give the other characters nothing)."""
     probs = logits.float().softmax(-1)
     readings = []
-    for row in probs:
-        chars = [char_reading(p, int(p.argmax())) for p in row]
+    for i, row in enumerate(probs):
+        mask = None if allowed is None else allowed[i]
+        chars = [char_reading(p, int(p.argmax()), mask) for p in row]
         confidence = float(torch.tensor([c.confidence for c in chars]).prod())
         readings.append(CaptchaReading("".join(c.char for c in chars), confidence, chars))
     return readings

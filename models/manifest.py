@@ -30,7 +30,8 @@ class Manifest:
     # Task-specific sections (None where a task has none).
     classes: list[str] | None = None  # digits: class index -> label
     charset: str | None = None  # captcha: class index -> character
-    length: int | None = None  # captcha: characters per answer
+    length: int | None = None  # captcha: characters per answer (None: any)
+    answers: str | None = None  # captcha: the characters answers are restricted to (None: all of charset)
     case_insensitive: bool | None = None
     outputs: str | None = None  # captcha: how the network's outputs decode
     generator: str | None = None  # captcha: what drew the training and test captchas
@@ -39,7 +40,7 @@ class Manifest:
 
     # The order keys are written in (the committed files' order).
     _ORDER = ("name", "weights", "task", "variant", "description", "architecture", "parameters", "input", "classes",
-              "charset", "length", "case_insensitive", "outputs", "generator", "output", "metrics", "typicality",
+              "charset", "answers", "length", "case_insensitive", "outputs", "generator", "output", "metrics", "typicality",
               "training", "torch_version")
 
     @classmethod

@@ -39,7 +39,8 @@ from PIL import Image
 from models.captcha_common import CAPTCHA_LENGTH, CHARSET, DRAWN_ALPHABET, decode_label, encode_label, score_texts
 from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, attention_centres, cut_windows,
                                standardise_windows)
-from models.captcha_ctc import CaptchaCTC, greedy_runs
+from models.captcha_ctc import CaptchaCTC
+from models.ctc import greedy_runs
 from models.captcha_seq2seq import CaptchaSeq2Seq
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device

@@ -12,12 +12,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from app.batching import stack_batch
-from app.errors import UPLOAD_ERRORS
+from app.errors import UPLOAD_ERRORS, ApiError
 from app.imaging import png_data_url
 from app.inference import SINGLE_UPLOAD, ServicesDep, serve
 from app.registry import LoadedModel
 from app.uploads import upload_body
-from models.captcha_common import CAPTCHA_LENGTH, DRAWN_ALPHABET, CaptchaReading
+from models.captcha_common import (CAPTCHA_LENGTH, DRAWN_ALPHABET, MAX_CONSTRAINED_LENGTH, CaptchaReading,
+                                   Constraints, parse_constraints, with_answers)
 
 router = APIRouter(tags=["captcha"])
 
@@ -47,15 +48,32 @@ class NewCaptcha(BaseModel):
     text: str = Field(..., description="its answer, lower case", examples=["3fk9"])
 
 
-def captcha_batch(entry: LoadedModel, items: list[tuple[torch.Tensor, torch.Tensor | None, bool]]
-                  ) -> list[CaptchaReading]:
+CaptchaItem = tuple[torch.Tensor, torch.Tensor | None, bool, Constraints | None]
+
+
+def captcha_batch(entry: LoadedModel, items: list[CaptchaItem]) -> list[CaptchaReading | ValueError]:
     """One forward pass for B requests (run by app/batching.py in the model's thread):
-    items B x ((1, 1, H, W), full-resolution (1, 60, 160) or None, explain) -> B readings (text,
-    string probability, per-character top-3, and where each was read when a request asked)."""
-    x = stack_batch([small for small, _, _ in items], entry.device)
-    explain = any(wanted for _, _, wanted in items)
-    full = None if items[0][1] is None else stack_batch([f for _, f, _ in items], entry.device)
-    return entry.model.read(x, full=full, explain=explain)
+    items B x ((1, 1, H, W), full-resolution (1, 60, 160) or None, explain, constraints or None)
+    -> B readings (text, string probability, per-character top-3, and where each was read when
+    a request asked), each decoded under its own request's constraints. An item whose
+    constraints this reader cannot meet gets its ValueError instead (the others still read)."""
+    results: list[CaptchaReading | ValueError | None] = [None] * len(items)
+    ok = []
+    for i, item in enumerate(items):
+        try:
+            entry.model.check_constraints(item[3] if len(item) > 3 else None)
+            ok.append(i)
+        except ValueError as exc:
+            results[i] = exc
+    if ok:
+        chosen = [items[i] for i in ok]
+        x = stack_batch([item[0] for item in chosen], entry.device)
+        explain = any(item[2] for item in chosen)
+        full = None if chosen[0][1] is None else stack_batch([item[1] for item in chosen], entry.device)
+        constraints = [item[3] if len(item) > 3 else None for item in chosen]
+        for i, reading in zip(ok, entry.model.read(x, full=full, explain=explain, constraints=constraints)):
+            results[i] = reading
+    return results
 
 
 def upload_columns(columns: list[float], reader_width: int, upload_width: int) -> tuple[list[float], tuple[int, int]]:
@@ -91,9 +109,29 @@ async def predict_captcha(
     model: Annotated[str | None, Query(description="ctc | seq2seq (default: the most accurate)")] = None,
     explain: Annotated[bool, Query(description="add each character's span and weights over the upload's "
                                                "columns: where it was read")] = False,
+    length: Annotated[int | None, Query(
+        ge=1, le=MAX_CONSTRAINED_LENGTH,
+        description=f"answer exactly this many characters (1-{MAX_CONSTRAINED_LENGTH}), by constrained decoding: "
+                    "ctc finds the most probable column alignment that writes exactly that many; seq2seq reads "
+                    f"a fixed {CAPTCHA_LENGTH} (no end token), so it takes only length={CAPTCHA_LENGTH}")] = None,
+    charset: Annotated[str | None, Query(
+        description="answer only with these characters: `digits` (0-9), `letters` (a-z), `alnum` (0-9a-z, the "
+                    "default) or the characters themselves, e.g. `0123abc` (any of 0-9a-zA-Z, case-insensitive). "
+                    "Decoded under it, not filtered after: the other characters' probability is removed and the "
+                    "rest renormalised before the answer is chosen; top3 lists only allowed characters")] = None,
 ) -> CaptchaPrediction:
+    try:
+        constraints = parse_constraints(length=length, charset=charset)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    reader = services.registry.pick("captcha", model)
+    constraints = with_answers(constraints, reader.manifest.answers)
+    if not constraints.free:  # refuse what the reader cannot do before reading the upload
+        _check_constraints(reader, constraints)
     served = await serve(services, request, task="captcha", model=model, batch=captcha_batch,
-                         item=lambda inputs: (*inputs["file"], explain))
+                         item=lambda inputs: (*inputs["file"], explain, None if constraints.free else constraints))
+    if isinstance(served.result, ValueError):  # the reader changed since the check (a reload)
+        raise ApiError(422, "invalid_request", str(served.result))
     reading: CaptchaReading = served.result
     characters = []
     for c in reading.characters:
@@ -105,6 +143,13 @@ async def predict_captcha(
         characters.append(character)
     return CaptchaPrediction(text=reading.text, confidence=round(reading.confidence, 6), model=served.entry.variant,
                              characters=characters)
+
+
+def _check_constraints(entry: LoadedModel, constraints: Constraints) -> None:
+    try:
+        entry.model.check_constraints(constraints)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
 
 
 _generator_lock = threading.Lock()
