@@ -259,6 +259,8 @@ class BatchingPool:
         self.settings = settings
         self.observe = observe
         self.batchers: dict[tuple[str, str], ModelBatcher] = {}
+        self._items_retired = 0  # items through batchers retired after a model change
+        self._retiring: set[asyncio.Task] = set()
         # Decoding a 40-megapixel upload takes ~160 MB for a moment: run at most this many at once.
         # Twice the CPUs: PNG/JPEG decoding and numpy release the GIL, so two threads per CPU
         # overlap better (measured: docs/serving.md). A plain executor rather than anyio's
@@ -284,11 +286,30 @@ class BatchingPool:
                 queue_size=s.queue_size, timeout_s=s.request_timeout_s, observe=self.observe)
         return batcher
 
+    def retire_all(self, grace_s: float | None = None) -> None:
+        """The models changed (app/registry.py `watch`): later requests get new batchers on the
+        new models; the old ones finish what they hold and close after `grace_s` (default: the
+        request timeout plus a second)."""
+        old, self.batchers = list(self.batchers.values()), {}
+        self._items_retired += sum(b.stats.items for b in old)
+        delay = self.settings.request_timeout_s + 1.0 if grace_s is None else grace_s
+
+        async def close_later() -> None:
+            await asyncio.sleep(delay)
+            for batcher in old:
+                await batcher.close()
+
+        task = asyncio.get_running_loop().create_task(close_later(), name="retire-batchers")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     def items_done(self) -> int:
         """Items through every batcher so far (a counter of work, for app/memory.py)."""
-        return sum(b.stats.items for b in self.batchers.values())
+        return self._items_retired + sum(b.stats.items for b in self.batchers.values())
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
         for batcher in self.batchers.values():
             await batcher.close()
         self._preprocess.shutdown(wait=False, cancel_futures=True)

@@ -16,7 +16,7 @@ from app.errors import install_error_handlers
 from app.observability import configure_logging, install_observability
 from app.inference import Services
 from app.memory import trim_after_activity
-from app.registry import ModelRegistry
+from app.registry import ModelRegistry, watch
 from app.routers import captcha, digits, health, reconstruct
 from app.settings import Settings, get_settings
 from models.device import resolve_device
@@ -46,10 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry, app.state.batching = registry, batching
         log.info("ready=%s models=%s errors=%s", registry.ready,
                  {t: sorted(v) for t, v in registry.models.items()}, registry.errors)
-        trimmer = asyncio.get_running_loop().create_task(
-            trim_after_activity(settings.malloc_trim_interval_s, batching.items_done), name="malloc-trim")
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(trim_after_activity(settings.malloc_trim_interval_s, batching.items_done),
+                                  name="malloc-trim")]
+        if settings.models_watch_s > 0:  # a reader trained while the service runs is served without a restart
+            tasks.append(loop.create_task(watch(registry, settings.models_dir, settings.models_watch_s,
+                                                on_change=batching.retire_all), name="models-watch"))
         yield
-        trimmer.cancel()
+        for task in tasks:
+            task.cancel()
         await batching.close()
 
     app = FastAPI(

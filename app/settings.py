@@ -17,6 +17,8 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(REPO_ROOT / "models" / "weights", description="folder of <name>.json + <name>.safetensors")
     static_dir: Path = Field(REPO_ROOT / "static", description="the demo page, served at /")
+    models_watch_s: float = Field(2.0, ge=0, description="look for new, changed or removed manifests in models_dir "
+                                                         "this often and serve them without a restart; 0 = never")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto takes CUDA when available")
     max_upload_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body limit; larger gets 413")
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded width*height limit; larger gets 413")

@@ -4,7 +4,9 @@
     python -m training.captcha --variant ctc --epochs 20 --epoch-samples 100000 --workers 3
     # from pre-generated pools (python -m training.captcha_data pool ...), shared by two runs
     python -m training.captcha --variant seq2seq --pool data/captcha_pool --minutes 90
-    # from your own labelled captchas (<label>_<anything>.png)
+    # fine-tune a shipped reader on your own labelled captchas (any length), served as model=NAME
+    python -m training.captcha finetune --folder DIR --name NAME [--minutes 10] [--out DIR]
+    # from your own labelled captchas (<label>_<anything>.png, 4 characters), from scratch
     python -m training.captcha --variant ctc --folder my_captchas --epochs 30
     python -m training.captcha --variant ctc --smoke --out /tmp/smoke   # smoke run
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -28,6 +31,7 @@ from safetensors.torch import load_file
 
 from models.device import resolve_device
 from models.preprocess import CAPTCHA_HEIGHT, CAPTCHA_WIDTH
+from training import captcha_finetune as finetune
 from training.captcha_data import generate_arrays, load_labelled_folder, load_pool
 from training.captcha_lib import (TEST_SEED, VAL_SEED, ArraySource, FreshSource, ReaderBatches, build_model, evaluate,
                                   heads_of, load_pools, pool_folders, reader_input, reader_sections, test_metrics)
@@ -129,6 +133,9 @@ class TrainingData:
 
 
 def main(argv: list[str] | None = None) -> Path | list[Path]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["finetune"]:  # python -m training.captcha finetune --folder DIR --name NAME ...
+        return finetune.main(argv[1:])
     args = parse_args(argv)
     seed_everything(args.seed)
     if args.threads:

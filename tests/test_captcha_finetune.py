@@ -1,0 +1,123 @@
+"""`python -m training.captcha finetune`: folder checks, a short real fine-tune on 5-character
+captchas, the service serving it as model=NAME without a restart, and HTTP answering exactly
+what the trainer's evaluation reads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import WEIGHTS_DIR
+from training import captcha as captcha_cli
+from training.captcha_data import CaptchaGenerator
+
+
+def write_captchas(folder: Path, count: int, seed: int, length: int) -> list[tuple[Path, str]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = CaptchaGenerator(seed, length=length)
+    items = []
+    for i in range(count):
+        text, image = gen.sample()
+        path = folder / f"{text}_{i:04d}.png"
+        image.save(path)
+        items.append((path, text.lower()))
+    return items
+
+
+def finetune(*args: str) -> Path:
+    return captcha_cli.main(["finetune", "--threads", "1", "--no-progress", *args])
+
+
+def refused(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        finetune(*args)
+    return str(exc.value.code) + capsys.readouterr().err
+
+
+def test_folders_that_cannot_be_trained_on_are_refused_naming_the_files(tmp_path, capsys):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no images" in refused(capsys, "--folder", str(empty), "--name", "x", "--out", str(out))
+
+    few = tmp_path / "few"
+    write_captchas(few, 12, seed=1, length=4)
+    message = refused(capsys, "--folder", str(few), "--name", "x", "--out", str(out))
+    assert "12 labelled" in message and "at least 50" in message
+
+    bad = tmp_path / "bad"
+    write_captchas(bad, 60, seed=2, length=4)
+    (bad / "junk_1.png").write_bytes(b"not a png")
+    Image.new("RGB", (160, 60), "white").save(bad / "_nolabel.png")
+    message = refused(capsys, "--folder", str(bad), "--name", "x", "--out", str(out))
+    assert "junk_1.png" in message and "_nolabel.png" in message and "empty label" in message
+
+    only_digits = refused(capsys, "--folder", str(few), "--name", "x", "--out", str(out), "--charset", "0123456789")
+    assert "outside --charset" in only_digits
+    assert "--name" in refused(capsys, "--folder", str(few), "--name", "Bad Name!", "--out", str(out))
+    assert not out.exists()  # nothing half-written
+
+
+def test_a_finetuned_reader_is_served_without_a_restart_and_answers_as_in_training(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+    from models.checkpoint import load_checkpoint
+    from models.preprocess import captcha_pixels
+    from training.captcha_finetune import read_texts
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".json", ".safetensors"):
+        (models / f"captcha_ctc{suffix}").symlink_to(WEIGHTS_DIR / f"captcha_ctc{suffix}")
+    folder = tmp_path / "mine"
+    items = write_captchas(folder, 60, seed=5, length=5)
+
+    app = create_app(Settings(models_dir=models, device="cpu", models_watch_s=0.2))
+    with TestClient(app) as client:
+        assert "five" not in client.get("/readyz").json()["models"]["captcha"]
+        json_path = finetune("--folder", str(folder), "--name", "five", "--minutes", "0.1", "--out", str(models))
+        assert json_path == models / "captcha_five.json"
+        deadline = time.monotonic() + 15
+        while "five" not in client.get("/readyz").json()["models"]["captcha"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(client.get("/readyz").json()["models"]["captcha"]) == ["ctc", "five"]
+        served = {m["variant"]: m for m in client.get("/models").json()["models"]}
+        assert served["five"]["name"] == "captcha_five" and served["five"]["network"] == "ctc"
+
+        # Parity: every image through HTTP reads as the trainer's evaluation reads it.
+        model, manifest = load_checkpoint(json_path)
+        pixels = np.stack([captcha_pixels(Image.open(p)) for p, _ in items])
+        trained = read_texts(model, pixels, "cpu", manifest.answers)
+        answered = []
+        for path, _ in items:
+            resp = client.post("/predict/captcha?model=five", files={"file": (path.name, path.read_bytes(), "image/png")})
+            assert resp.status_code == 200 and resp.json()["model"] == "five"
+            answered.append(resp.json()["text"])
+        assert answered == trained
+        assert sum(a == t for a, (_, t) in zip(answered, items)) >= 50  # and it reads them (5 characters)
+
+        # A broken manifest is reported and leaves the others serving; removing it clears it.
+        (models / "captcha_broken.json").write_text("{not json")
+        deadline = time.monotonic() + 15
+        while "captcha_broken.json" not in client.get("/readyz").json()["errors"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert "captcha_broken.json" in client.get("/models").json()["errors"]
+        path, text = items[0]
+        resp = client.post("/predict/captcha?model=five", files={"file": (path.name, path.read_bytes(), "image/png")})
+        assert resp.status_code == 200
+        (models / "captcha_broken.json").unlink()
+        (models / "captcha_five.json").unlink()
+        deadline = time.monotonic() + 15
+        while client.get("/readyz").json()["status"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.get("/readyz").json() == {"status": "ready", "models": {"captcha": ["ctc"]}, "errors": {}}
+        resp = client.post("/predict/captcha?model=five", files={"file": (path.name, path.read_bytes(), "image/png")})
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "unknown_model"
