@@ -17,7 +17,7 @@ from app.observability import configure_logging, install_observability
 from app.inference import Services
 from app.memory import trim_after_activity
 from app.registry import ModelRegistry, watch
-from app.routers import captcha, digits, health, reconstruct
+from app.routers import captcha, digits, health, number, reconstruct
 from app.settings import Settings, get_settings
 from models.device import resolve_device
 
@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="rnnlab",
         version="0.1.0",
-        description="Recurrent neural networks you can use: digits read row by row by RNN/LSTM/GRU. "
+        description="Recurrent neural networks you can use: digits read row by row by RNN/LSTM/GRU, "
+                    "handwritten numbers and captchas read by CNN-to-sequence readers. "
                     "Every error is a 4xx with `{\"error\": {\"code\", \"message\"}}`.",
         lifespan=lifespan,
         docs_url=None,  # served below from local assets: the page and /docs work offline
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(digits.router)
     app.include_router(reconstruct.router)
     app.include_router(captcha.router)
+    app.include_router(number.router)
 
     index = settings.static_dir / "index.html"
 

@@ -38,6 +38,10 @@ def _row(m: dict) -> str:
         full = next((v for k, v in metrics.items() if "full" in k and "acc" in k), None)
         char = next((v for k, v in metrics.items() if "char" in k and "acc" in k), None)
         metric = f"full string {_fmt_pct(full)}, per char {_fmt_pct(char)}"
+    elif task == "number":
+        desc = m.get("description", variant)
+        metric = (f"10,000 MNIST-test lines of 1-8 digits: {_fmt_pct(metrics.get('mnist_lines_number_accuracy'))} whole "
+                  f"number, {_fmt_pct(metrics.get('mnist_lines_digit_accuracy'))} per digit")
     elif task == "autoencoder":
         desc = m.get("description", f"conv encoder -> {arch.get('latent_dim', arch.get('code_size', '?'))}-d -> ConvTranspose2d decoder")
         mse = metrics.get("mnist_test_mse")
@@ -52,7 +56,7 @@ def _row(m: dict) -> str:
 
 def render() -> str:
     manifests = [json.loads(p.read_text()) for p in sorted(WEIGHTS.glob("*.json"))]
-    order = {"digits": 0, "captcha": 1, "autoencoder": 2}
+    order = {"digits": 0, "number": 1, "captcha": 2, "autoencoder": 3}
     manifests.sort(key=lambda m: (order.get(m["task"], 9), m["name"]))
     lines = ["| task | model | architecture | parameters | test metrics | epochs | training time | weights |",
              "|---|---|---|---|---|---|---|---|"]
@@ -257,7 +261,75 @@ def render_load_full() -> str:
     return load_markdown(_load_results()).rstrip("\n")
 
 
-BLOCKS = {"model-table": render, "captcha-results": render_captcha, "load-summary": render_load_summary}
+NUMBER_LATENCY = ROOT / "bench" / "results" / "number_latency.json"
+NUMBER_GOALS = {"whole": 0.98, "digit": 0.996, "drawn": 0.97, "latency_ratio": 2.0}  # issue #15
+
+
+def render_number() -> str:
+    """README: the number reader's figures (its manifest) and its latency against /predict/digit
+    (bench/number_latency.py --save)."""
+    m = json.loads((WEIGHTS / "number_ctc.json").read_text())
+    met, t = m["metrics"], m["training"]
+    by_length = met["mnist_lines_number_accuracy_by_length"]
+
+    def mark(value: float, goal: float) -> str:
+        return f"**{value:.2%}**" if value >= goal else f"{value:.2%} (goal {goal:.1%}, not met)"
+
+    lines = [
+        "| evaluation | whole number | per digit | goal |", "|---|---:|---:|---|",
+        f"| {met['mnist_test_lines']:,} lines of {met['mnist_test_lines_digits']} MNIST *test* digits (seed "
+        f"{met['mnist_test_lines_seed']}) | {mark(met['mnist_lines_number_accuracy'], NUMBER_GOALS['whole'])} | "
+        f"{mark(met['mnist_lines_digit_accuracy'], NUMBER_GOALS['digit'])} | >= 98% / >= 99.6% |",
+        f"| the first {met['upload_pipeline_lines']:,} of them uploaded as PNG (the service's preprocessing) | "
+        f"{met['upload_pipeline_number_accuracy']:.2%} | | as composed |",
+        f"| {met['drawn_numbers']} numbers of 1-8 digits drawn like the page's pad (seed {met['drawn_numbers_seed']}), "
+        f"uploaded as PNG | {mark(met['drawn_number_accuracy'], NUMBER_GOALS['drawn'])} | "
+        f"{met['drawn_digit_accuracy']:.2%} | >= 97% |",
+        "", "Whole-number accuracy by length (MNIST-test lines): " + ", ".join(
+            f"{n} digit{'s' if n != '1' else ''} {v:.2%}" for n, v in by_length.items()) + ".",
+        "", f"Trained on {t['samples_seen']:,} lines in {t['seconds'] / 60:.0f} min of wall clock ({t['epochs']} epochs "
+            f"of {t['samples_seen'] // max(t['epochs'], 1):,} lines) on the 2-CPU development machine, beside other runs."]
+    if NUMBER_LATENCY.is_file():
+        bench = json.loads(NUMBER_LATENCY.read_text())
+        r = bench["routes"]
+        lines += ["", f"Latency, one request at a time, alternating routes ({bench['requests']} each, "
+                      f"{bench['cpus']} CPUs, `bench/number_latency.py`):", "",
+                  "| route | upload | p50 ms | p95 ms |", "|---|---|---:|---:|"]
+        for name in ("digit", "number"):
+            lines.append(f"| `{r[name]['route']}` | {bench['uploads'][name]} | {r[name]['p50_ms']:.1f} | "
+                         f"{r[name]['p95_ms']:.1f} |")
+        lines += ["", f"A 4-digit number takes **{bench['p50_ratio']:.2f}x** the time of one digit (goal: within 2x)."]
+    return "\n".join(lines)
+
+
+FINETUNE_RESULTS = ROOT / "bench" / "results" / "captcha_finetune.json"
+STYLE_NAMES = {"fonts": "captcha package, DejaVu Sans Bold + Liberation Serif, 200x70",
+               "wheezy": "wheezy.captcha (background, warp, rotate, offset, curve, noise, smooth), 200x75",
+               "lines": "PIL text, rotated and jittered, interference lines and dots, 180x60"}
+
+
+def render_finetune() -> str:
+    """README: fine-tuned vs from scratch vs ddddocr per foreign style (bench/captcha_finetune.py --save)."""
+    if not FINETUNE_RESULTS.is_file():
+        return "(not measured yet: run `.venv/bin/python -m bench.captcha_finetune --save bench/results/captcha_finetune.json`)"
+    r = json.loads(FINETUNE_RESULTS.read_text())
+    lines = [f"From {r['train']:,} labelled captchas of 4-6 characters per style (800 trained on, 200 held out by the "
+             f"trainer), {r['minutes_budget']:g} minutes per run on one CPU thread, read on {r['test']:,} fresh ones "
+             "(full string; per character in brackets):", "",
+             "| style | fine-tuned from `captcha_ctc` | minutes | same budget from scratch | shipped `ctc` as is | ddddocr |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for style, row in r["styles"].items():
+        def cell(k):
+            return f"{row[k]['full_string_accuracy']:.1%} ({row[k]['char_accuracy']:.1%})"
+        best = max(("finetuned", "scratch", "ddddocr"), key=lambda k: row[k]["full_string_accuracy"])
+        cells = {k: (f"**{cell(k)}**" if k == best else cell(k)) for k in ("finetuned", "scratch", "shipped_ctc", "ddddocr")}
+        lines.append(f"| {STYLE_NAMES.get(style, style)} | {cells['finetuned']} | {row['finetuned']['minutes']:.1f} | "
+                     f"{cells['scratch']} | {cells['shipped_ctc']} | {cells['ddddocr']} |")
+    return "\n".join(lines)
+
+
+BLOCKS = {"model-table": render, "captcha-results": render_captcha, "number-results": render_number,
+          "captcha-finetune": render_finetune, "load-summary": render_load_summary}
 DOCS_BLOCKS = {"load-bench": render_load_full}  # docs/serving.md
 
 

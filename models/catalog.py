@@ -17,7 +17,8 @@ from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
 from models.captcha_seq2seq import CaptchaSeq2Seq, CaptchaSeq2SeqConfig
 from models.digits import DigitRNN, DigitRNNConfig
 from models.manifest import Manifest
-from models.preprocess import prepare_captcha, prepare_digit
+from models.number import NumberReader, NumberReaderConfig
+from models.preprocess import prepare_captcha, prepare_digit, prepare_number
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ CATALOG: dict[tuple[str, str], ModelSpec] = {
     ("digits", "gru"): ModelSpec("digits", "gru", **_DIGITS),
     ("captcha", "ctc"): ModelSpec("captcha", "ctc", CaptchaCTCConfig, CaptchaCTC, **_CAPTCHA),
     ("captcha", "seq2seq"): ModelSpec("captcha", "seq2seq", CaptchaSeq2SeqConfig, CaptchaSeq2Seq, **_CAPTCHA),
+    ("number", "ctc"): ModelSpec("number", "ctc", NumberReaderConfig, NumberReader, prepare_number,
+                                 ranking_metric="mnist_lines_number_accuracy"),
     ("autoencoder", "conv"): ModelSpec("autoencoder", "conv", AutoencoderConfig, ConvAutoencoder, prepare_digit),
 }
 

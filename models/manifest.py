@@ -16,8 +16,8 @@ from typing import Any
 
 @dataclass
 class Manifest:
-    task: str  # digits | captcha | autoencoder (models/catalog.py)
-    variant: str  # rnn | lstm | gru, ctc | seq2seq, conv
+    task: str  # digits | captcha | number | autoencoder (models/catalog.py)
+    variant: str  # rnn | lstm | gru, ctc | seq2seq, ctc, conv
     architecture: dict[str, Any]  # the variant's config dataclass as a dict
     input: dict[str, Any] = field(default_factory=dict)  # the input contract the prepare function reads
     name: str = ""  # <name>.json / <name>.safetensors
@@ -28,7 +28,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     torch_version: str | None = None
     # Task-specific sections (None where a task has none).
-    classes: list[str] | None = None  # digits: class index -> label
+    classes: list[str] | None = None  # digits, number: class index -> label
     charset: str | None = None  # captcha: class index -> character
     length: int | None = None  # captcha: characters per answer (None: any)
     answers: str | None = None  # captcha: the characters answers are restricted to (None: all of charset)

@@ -16,6 +16,8 @@ task: an upload (PIL image) and the manifest's `input` contract -> the network's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,8 +68,10 @@ def _ink_map(image: Image.Image) -> np.ndarray:
     return np.sqrt(((rgb - paper) ** 2).sum(-1) / rgb.shape[-1])
 
 
-def digit_canvas(image: Image.Image) -> np.ndarray:
-    """PIL image -> (28, 28) float32 in [0, 1], MNIST layout. Raises NoDigitError."""
+def _ink(image: Image.Image) -> tuple[np.ndarray, float]:
+    """PIL image -> (ink in [0, 1] with the paper at exactly 0, the work image's width over the
+    upload's: below 1 when a large photo was reduced first). Raises NoDigitError."""
+    width = image.width
     if max(image.size) > MAX_WORK_SIDE:
         image = image.copy()
         image.thumbnail((MAX_WORK_SIDE, MAX_WORK_SIDE), Image.Resampling.BOX)
@@ -80,26 +84,31 @@ def digit_canvas(image: Image.Image) -> np.ndarray:
     # 10% of the peak keeps MNIST's own faint edge pixels (so its digits pass through almost
     # unchanged) while JPEG ringing at quality 50 stays below it (measured on MNIST digits).
     floor = max(MIN_CONTRAST * 0.5, 0.1 * peak)
-    ink = np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
+    return np.clip((ink - floor) / (peak - floor), 0.0, 1.0), image.width / width
 
+
+def _resize(ink: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) ink -> (height, width), antialiased area-like resampling (as MNIST's size
+    normalisation was), peak back at 1."""
+    out = F.interpolate(torch.from_numpy(np.ascontiguousarray(ink, dtype=np.float32))[None, None],
+                        size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    out = out.clamp_(0, 1).numpy()
+    peak = out.max()
+    return out / peak if peak > 0 else out
+
+
+def digit_canvas(image: Image.Image) -> np.ndarray:
+    """PIL image -> (28, 28) float32 in [0, 1], MNIST layout. Raises NoDigitError."""
+    ink, _ = _ink(image)
     # Bounding box of the ink from row/column projections (10x cheaper than np.nonzero).
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape
     scale = FIT / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    # Antialiased area resampling, as MNIST's size normalisation was.
-    fitted = F.interpolate(
-        torch.from_numpy(np.ascontiguousarray(crop))[None, None],
-        size=(new_h, new_w),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )[0, 0].clamp_(0, 1).numpy()
-    top_peak = fitted.max()
-    if top_peak <= 0:
+    fitted = _resize(crop, new_h, new_w)
+    if fitted.max() <= 0:
         raise NoDigitError("no ink found after resizing")
-    fitted = fitted / top_peak
 
     mass = fitted.sum()
     gy, gx = np.mgrid[0:new_h, 0:new_w]
@@ -214,3 +223,51 @@ def to_captcha_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=(2, 3), keepdim=True)
     std = x.std(dim=(2, 3), keepdim=True).clamp_min(1.0)  # a blank image stays finite (std in grey levels)
     return (x - mean) / std
+
+
+# --- Numbers ----------------------------------------------------------------------------
+# A line of handwritten digits (canvas export, scan or photo, any width) -> the number reader's
+# input: the ink cropped to its bounding box and scaled so that box is `ink_height` px tall (as
+# MNIST's digits are 20 px in 28), centred in a `height` px line with `pad` px of paper left and
+# right, white ink on 0. Lines wider than `max_width` are scaled down further to fit.
+
+
+@dataclass
+class NumberLine:
+    x: torch.Tensor  # (1, 1, height, width) ink in [0, 1]
+    width: int  # even, so the reader's 2 px columns tile it
+    x0: float  # the upload's x where the line's ink starts
+    px_per_upload_px: float  # line pixels per upload pixel
+    pad: int  # paper left of the ink, in line pixels
+
+    def to_upload(self, x_line: float) -> float:
+        """A line x -> the upload's x."""
+        return self.x0 + (x_line - self.pad) / self.px_per_upload_px
+
+
+def number_line(ink: np.ndarray, contract: dict, work_scale: float = 1.0) -> NumberLine:
+    """(h, w) ink in [0, 1] (paper 0) -> the reader's line by the manifest's contract (height,
+    ink_height, pad, max_width). `work_scale`: the ink's width over the upload's. Raises
+    NoDigitError when there is no ink."""
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not len(rows):
+        raise NoDigitError("no ink found: the image is blank or has too little contrast")
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = crop.shape
+    height, pad = contract["height"], contract["pad"]
+    scale = contract["ink_height"] / h
+    scale = min(scale, (contract["max_width"] - 2 * pad) / w)  # a very wide line: smaller, to fit
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    fitted = _resize(crop, new_h, new_w)
+    width = new_w + 2 * pad + (new_w % 2)
+    line = np.zeros((height, width), dtype=np.float32)
+    top = (height - new_h) // 2
+    line[top:top + new_h, pad:pad + new_w] = fitted
+    return NumberLine(torch.from_numpy(line)[None, None], width, cols[0] / work_scale, scale * work_scale, pad)
+
+
+def prepare_number(image: Image.Image, contract: dict) -> NumberLine:
+    """An upload (a line of handwriting, any size) -> the number reader's input and the way back
+    to the upload's pixels. Raises NoDigitError."""
+    ink, work_scale = _ink(image)
+    return number_line(ink, contract, work_scale)

@@ -1,8 +1,8 @@
-"""Helpers shared by tests/ and bench/: drawn digits and image bytes (testkit.drawing), the
+"""Helpers shared by tests/, bench/ and training/: drawn digits and numbers and image bytes (testkit.drawing), the
 service on a free loopback port (testkit.service). Light imports only: no app/, no torch."""
 
-from testkit.drawing import STROKES, digit_paths, drawn_digit, png_bytes, render_canvas
+from testkit.drawing import STROKES, digit_paths, drawn_digit, drawn_number, number_paths, png_bytes, render_canvas
 from testkit.service import Service, ServiceFailed, free_port, running_service
 
-__all__ = ["STROKES", "Service", "ServiceFailed", "digit_paths", "drawn_digit", "free_port", "png_bytes",
-           "render_canvas", "running_service"]
+__all__ = ["STROKES", "Service", "ServiceFailed", "digit_paths", "drawn_digit", "drawn_number", "free_port",
+           "number_paths", "png_bytes", "render_canvas", "running_service"]

@@ -78,10 +78,11 @@ def digit_paths(digit: int, variant: int = 0, size: int = 280, rng: random.Rando
     return paths
 
 
-def render_canvas(paths, size: int = 280, width: float = 22, ink=(0, 0, 0, 255), paper=(0, 0, 0, 0)) -> Image.Image:
-    """An RGBA image like an HTML canvas export: round-capped strokes of `ink` on `paper`
-    (transparent by default)."""
-    img = Image.new("RGBA", (size, size), paper)
+def render_canvas(paths, size: int | tuple[int, int] = 280, width: float = 22, ink=(0, 0, 0, 255),
+                  paper=(0, 0, 0, 0)) -> Image.Image:
+    """An RGBA image like an HTML canvas export (`size` square, or (width, height)): round-capped
+    strokes of `ink` on `paper` (transparent by default)."""
+    img = Image.new("RGBA", size if isinstance(size, tuple) else (size, size), paper)
     draw = ImageDraw.Draw(img)
     r = width / 2
     for path in paths:
@@ -105,3 +106,29 @@ def png_bytes(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+def number_paths(text: str, size: float, rng: random.Random, pen: float) -> tuple[list[list[tuple[float, float]]], int, int]:
+    """`text` (digits) written left to right with a `pen` px round pen, each digit about `size`
+    px tall, jittered like a hand (variant, slant, size, spacing, baseline) -> (pixel-space
+    polylines, canvas width, canvas height)."""
+    placed, x = [], 0.0
+    for ch in text:
+        d = int(ch)
+        paths = digit_paths(d, rng.randrange(len(STROKES[d])), size, rng, margin=0.0)
+        x_min = min(px for path in paths for px, _ in path)
+        x_max = max(px for path in paths for px, _ in path)
+        shift = x - x_min + pen / 2
+        dy = rng.gauss(0, 0.04 * size) + size * 0.3
+        placed += [[(px + shift, py + dy) for px, py in path] for path in paths]
+        x += (x_max - x_min) + pen + rng.uniform(-0.05, 0.45) * size
+    return placed, int(x + pen * 2 + 4), int(size * 1.6)
+
+
+def drawn_number(text: str, seed: int = 0, height: int = 240, **colours) -> Image.Image:
+    """`text` as the page's number pad exports it: a transparent RGBA canvas `height` px tall,
+    the pen as wide as the page's (22/280 of the height), jittered like a person's hand."""
+    rng = random.Random(seed)
+    pen = 22 / 280 * height
+    paths, width, _ = number_paths(text, height / 1.6, rng, pen)
+    return render_canvas(paths, (max(width, height), height), pen, **colours)

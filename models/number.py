@@ -1,0 +1,211 @@
+"""Number reader: a line of handwritten digits -> its text. Convolutions turn the line into
+columns, a bidirectional GRU reads the columns left to right and back, and a CTC head says per
+column which digit (or blank) it sees; greedy decoding merges runs and drops blanks.
+
+Lines have any width. A batch pads them on the right to the widest; every block zeroes the
+padded columns again and the GRU is packed, so an image gets exactly the same outputs alone or
+in any batch (tests/test_number.py checks it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from models.ctc import BLANK, greedy_runs  # output 0 is the blank; output k is the digit k - 1
+
+NUM_DIGITS = 10
+
+
+@dataclass
+class NumberReaderConfig:
+    variant: str = "ctc"
+    height: int = 28  # the line's height in pixels (ink 20 px tall, as MNIST's digits)
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    projection: int = 192  # the column features after the convolutions
+    hidden_size: int = 128  # per direction
+    num_layers: int = 2
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def stride(self) -> int:
+        """Pixels of the line per output column."""
+        return 2
+
+
+@dataclass
+class DigitRun:
+    digit: int
+    columns: list[int]  # the output columns of its run
+    confidence: float  # its probability at the run's best column
+    top3: list[tuple[int, float]]  # the 3 most likely digits at that column (blank left out, renormalised)
+    span: tuple[float, float] | None = None  # [x0, x1) of its ink in the line's pixels (`read` with `ink`)
+
+
+@dataclass
+class NumberReading:
+    text: str
+    confidence: float  # CTC probability of `text`: summed over every column alignment that spells it
+    digits: list[DigitRun]
+
+
+class _Block(nn.Module):
+    """conv 3x3 -> BatchNorm -> ReLU, then optional max-pooling."""
+
+    def __init__(self, c_in: int, c_out: int, pool: tuple[int, int] | None):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), mask (B, 1, 1, W) of 0/1 -> (B, C', H', W') with the padding zeroed."""
+        x = F.relu(self.bn(self.conv(x))) * mask
+        if self.pool is not None:
+            x = F.max_pool2d(x, self.pool)
+        return x
+
+
+class NumberReader(nn.Module):
+    def __init__(self, config: NumberReaderConfig):
+        super().__init__()
+        if config.variant != "ctc":
+            raise ValueError(f"NumberReader needs variant 'ctc', got {config.variant!r}")
+        self.config = config
+        c = config.channels
+        # 28 x W -> 14 x W/2 -> 7 x W/2 -> 7 x W/2: one column per 2 px, so even two touching
+        # 1s (about 5 px wide each) get the three columns CTC needs ("1", blank, "1").
+        pools = [(2, 2), (2, 1)] + [None] * (len(c) - 2)
+        self.blocks = nn.ModuleList(_Block(a, b, p) for a, b, p in zip([1] + c[:-1], c, pools))
+        rows = config.height // 4
+        self.project = nn.Linear(c[-1] * rows, config.projection)
+        self.rnn = nn.GRU(config.projection, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+                          bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(2 * config.hidden_size, NUM_DIGITS + 1)
+
+    def forward(self, x: torch.Tensor, widths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, 1, H, W) ink in [0, 1] on 0, right-padded with 0; widths: (B,) each line's own
+        width in pixels (even; default W) -> (logits (B, T, 11), lengths (B,)), T = W / 2."""
+        b, _, _, w = x.shape
+        if widths is None:
+            widths = torch.full((b,), w, dtype=torch.long)
+        widths = widths.to(x.device)
+        for block in self.blocks:
+            cols = torch.arange(x.shape[-1], device=x.device)
+            scale = w // x.shape[-1]  # pixels per column at this depth
+            mask = (cols[None, :] < (widths[:, None] // scale)).to(x.dtype)[:, None, None, :]  # (B, 1, 1, W')
+            x = block(x, mask)
+        b, c, h, t = x.shape
+        cols = x.permute(0, 3, 1, 2).reshape(b, t, c * h)  # (B, T, C*H)
+        cols = F.relu(self.project(cols))
+        lengths = (widths // self.config.stride).cpu()
+        packed = pack_padded_sequence(cols, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, 2H), zeros past each length
+        return self.head(self.dropout(out)), lengths
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """outputs from forward; targets (B, L) digits 0..9, padded with -1."""
+        logits, lengths = outputs
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, 11)
+        # (fit hands outputs over as fp32: the lengths too)
+        return F.ctc_loss(log_probs, targets.clamp_min(0) + 1, lengths.long(), (targets >= 0).sum(1).cpu(), blank=BLANK,
+                          zero_infinity=True)
+
+    @torch.inference_mode()
+    def read(self, x: torch.Tensor, widths: torch.Tensor | None = None, spans: bool = False) -> list[NumberReading]:
+        """x (B, 1, H, W), widths (B,) -> one reading per line; with `spans`, each digit's ink
+        extent in the line's pixels too."""
+        logits, lengths = self(x, widths)
+        readings = read_number(logits, lengths)
+        if spans:
+            ink = x[:, 0].sum(1).cpu().numpy()  # (B, W) ink per pixel column
+            for reading, columns, length in zip(readings, ink, lengths.tolist()):
+                centres = [self.config.stride * (sum(d.columns) / len(d.columns) + 0.5) for d in reading.digits]
+                for d, span in zip(reading.digits, digit_spans(columns[:length * self.config.stride], centres)):
+                    d.span = span
+        return readings
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"{len(c.channels)} conv blocks ({'-'.join(map(str, c.channels))}) on a {c.height} px line -> "
+                f"BiGRU {c.num_layers}x{c.hidden_size} over one column per {c.stride} px -> CTC (10 digits + blank)")
+
+
+def pad_lines(lines: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lines (1, 1, H, W_i) -> (one batch (B, 1, H, max W_i) right-padded with 0, widths (B,))."""
+    widths = torch.tensor([line.shape[-1] for line in lines])
+    x = lines[0].new_zeros(len(lines), 1, lines[0].shape[2], int(widths.max()))
+    for i, line in enumerate(lines):
+        x[i, :, :, :line.shape[-1]] = line[0]
+    return x, widths
+
+
+def digit_spans(ink: np.ndarray, centres: list[float], threshold: float = 0.05) -> list[tuple[float, float]]:
+    """Where each digit's ink lies: ink (W,) per pixel column of a line, centres (n,) the x where
+    each digit was read (left to right) -> n spans [x0, x1). Neighbours are split at the column
+    with the least ink between their centres (the gap, or the thinnest join where they touch);
+    a span is the extent of the ink in its part."""
+    w = len(ink)
+    cuts = [0]
+    for a, b in zip(centres, centres[1:]):
+        lo, hi = int(math.floor(a)), int(math.ceil(b))
+        lo, hi = max(lo, cuts[-1]), min(max(hi, lo + 1), w)
+        between = ink[lo:hi]
+        if len(between) == 0:
+            cuts.append(lo)
+            continue
+        least = between.min()
+        flat = np.flatnonzero(between <= least + 1e-6)
+        cuts.append(lo + int(flat[len(flat) // 2]))  # the middle of the emptiest stretch
+    cuts.append(w)
+    spans = []
+    for (x0, x1), c in zip(zip(cuts, cuts[1:]), centres):
+        inked = np.flatnonzero(ink[x0:x1] > threshold * max(float(ink.max()), 1e-6))
+        if len(inked):
+            spans.append((float(x0 + inked[0]), float(x0 + inked[-1] + 1)))
+        else:
+            spans.append((max(0.0, c - 4), min(float(w), c + 4)))
+    return spans
+
+
+def read_number(logits: torch.Tensor, lengths: torch.Tensor) -> list[NumberReading]:
+    """logits (B, T, 11), lengths (B,) -> one reading per line (greedy decoding; the string's
+    confidence is its CTC probability)."""
+    probs = logits.float().softmax(-1)
+    log_probs = probs.clamp_min(1e-30).log()
+    readings = []
+    for i, length in enumerate(lengths.tolist()):
+        p = probs[i, :length]  # (T_i, 11)
+        runs = greedy_runs(p.argmax(-1).tolist())
+        digits = []
+        for k, cols in runs:
+            col = max(cols, key=lambda c: float(p[c, k + 1]))
+            rest = p[col, 1:] / p[col, 1:].sum()
+            top = rest.topk(3)
+            digits.append(DigitRun(k, cols, float(p[col, k + 1]),
+                                   [(int(d), float(q)) for q, d in zip(top.values, top.indices)]))
+        text = "".join(str(d.digit) for d in digits)
+        lp = log_probs[i, :length].unsqueeze(1)  # (T_i, 1, 11)
+        if digits:
+            target = torch.tensor([[d.digit + 1 for d in digits]])
+            nll = F.ctc_loss(lp, target, torch.tensor([length]), torch.tensor([len(digits)]), blank=BLANK,
+                             reduction="sum", zero_infinity=True)
+        else:
+            nll = -lp[:, 0, BLANK].sum()
+        readings.append(NumberReading(text, float(torch.exp(-nll)), digits))
+    return readings

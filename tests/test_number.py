@@ -1,0 +1,227 @@
+"""The number reader: its network (any width, batch invariance), the line preprocessing, the
+spans, and POST /predict/number on the committed weights with real images."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from conftest import WEIGHTS_DIR, require_mnist
+from models.ctc import greedy_runs as runs_of
+from models.number import NumberReader, NumberReaderConfig, digit_spans, pad_lines
+from models.preprocess import NoDigitError, number_line, prepare_number
+from testkit import drawn_number, png_bytes
+
+CONTRACT = {"height": 28, "ink_height": 20, "pad": 8, "max_width": 1024}
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    white.alpha_composite(image)
+    return white.convert("RGB")
+
+
+def post(client, image: Image.Image, query: str = "", fmt: str = "PNG", **kw):
+    return client.post(f"/predict/number{query}",
+                       files={"file": (f"n.{fmt.lower()}", png_bytes(image, fmt, **kw), f"image/{fmt.lower()}")})
+
+
+def assert_error(resp, status: int, code: str):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
+
+
+# --- the network -----------------------------------------------------------------------------
+
+def test_any_width_and_the_same_outputs_alone_or_in_a_padded_batch():
+    torch.manual_seed(0)
+    model = NumberReader(NumberReaderConfig()).eval()
+    lines = [torch.rand(1, 1, 28, w) for w in (18, 64, 250)]
+    x, widths = pad_lines(lines)
+    assert x.shape == (3, 1, 28, 250) and widths.tolist() == [18, 64, 250]
+    with torch.inference_mode():
+        logits, lengths = model(x, widths)
+        assert logits.shape == (3, 125, 11) and lengths.tolist() == [9, 32, 125]
+        for i, line in enumerate(lines):
+            alone, _ = model(line)
+            torch.testing.assert_close(alone[0], logits[i, :lengths[i]], atol=1e-5, rtol=1e-5)
+
+
+def test_ctc_loss_learns_a_fixed_line():
+    """A few steps on one batch must lower the loss: the loss, padding and targets fit together."""
+    torch.manual_seed(0)
+    model = NumberReader(NumberReaderConfig(channels=[8, 16, 16], projection=32, hidden_size=32, num_layers=1))
+    x, widths = pad_lines([torch.rand(1, 1, 28, 40), torch.rand(1, 1, 28, 60)])
+    targets = torch.tensor([[3, 1, -1], [0, 0, 7]])
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model.loss(model(x, widths), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_greedy_runs_merge_repeats_and_need_a_blank_between_doubled_digits():
+    # outputs: 0 is the blank, k is digit k-1
+    assert [d for d, _ in runs_of([0, 2, 2, 0, 2, 0, 8, 8])] == [1, 1, 7]
+    assert runs_of([0, 2, 2, 0]) == [(1, [1, 2])]
+    assert runs_of([0, 0]) == []
+
+
+def test_spans_split_touching_digits_at_the_thinnest_join():
+    ink = np.zeros(60)
+    ink[5:15] = 1.0
+    ink[15] = 0.2  # a thin join
+    ink[16:25] = 1.0
+    ink[40:50] = 1.0
+    assert digit_spans(ink, [10, 20, 45]) == [(5.0, 15.0), (15.0, 25.0), (40.0, 50.0)]
+
+
+# --- the line preprocessing ----------------------------------------------------------------
+
+def test_a_line_is_28_px_tall_with_its_ink_20_px_tall_and_even_width():
+    image = on_white(drawn_number("2026", seed=3))
+    line = prepare_number(image, CONTRACT)
+    x = line.x[0, 0].numpy()
+    assert x.shape == (28, line.width) and line.width % 2 == 0
+    rows = np.flatnonzero(x.max(axis=1) > 0)
+    cols = np.flatnonzero(x.max(axis=0) > 0)
+    assert rows[-1] - rows[0] + 1 == 20
+    assert cols[0] == 8 and line.width - 1 - cols[-1] in (8, 9)
+    # back to the upload: the line's ink starts and ends where the drawing's does
+    ink_cols = np.flatnonzero(np.asarray(image.convert("L")).min(axis=0) < 128)
+    assert abs(line.to_upload(cols[0]) - ink_cols[0]) <= 2
+    assert abs(line.to_upload(cols[-1] + 1) - (ink_cols[-1] + 1)) <= 14  # one line pixel is ~12 upload px
+
+
+def test_polarity_and_transparency_do_not_change_the_line():
+    drawing = drawn_number("31", seed=1)
+    black_on_white = prepare_number(on_white(drawing), CONTRACT).x
+    transparent = prepare_number(drawing, CONTRACT).x
+    white_on_black = prepare_number(Image.eval(on_white(drawing), lambda v: 255 - v), CONTRACT).x
+    torch.testing.assert_close(black_on_white, transparent, atol=0.02, rtol=0)
+    torch.testing.assert_close(black_on_white, white_on_black, atol=0.02, rtol=0)
+
+
+def test_very_wide_lines_are_scaled_down_to_the_widest_line():
+    ink = np.zeros((30, 5000), np.float32)
+    ink[5:25, 10:4990] = 1.0
+    line = number_line(ink, CONTRACT)
+    assert line.width <= 1024 and line.x.shape[-1] == line.width
+
+
+def test_blank_images_have_no_number():
+    with pytest.raises(NoDigitError):
+        prepare_number(Image.new("RGB", (600, 200), "white"), CONTRACT)
+
+
+# --- the route on the committed weights ------------------------------------------------------
+
+def _manifest():
+    import json
+
+    return json.loads((WEIGHTS_DIR / "number_ctc.json").read_text())
+
+
+NUMBERS = ["2026", "7", "31415926", "1001", "58", "946023"]
+
+
+@pytest.mark.parametrize("text", NUMBERS)
+def test_drawn_numbers_are_read(client, text):
+    resp = post(client, drawn_number(text, seed=len(text)))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["text"] == text and body["model"] == "ctc"
+    assert [d["digit"] for d in body["digits"]] == [int(c) for c in text]
+    assert 0 < body["confidence"] <= 1
+
+
+def _ink_blobs(image: Image.Image) -> list[tuple[int, int]]:
+    """[x0, x1) of each run of inked columns."""
+    inked = np.asarray(image.getchannel("A")).max(axis=0) > 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], inked.astype(int), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def test_spans_cover_each_digit_left_to_right(client):
+    image = drawn_number("4096", seed=5)
+    blobs = _ink_blobs(image)
+    assert len(blobs) == 4  # the four digits are drawn apart: each blob is one digit
+    body = post(client, image).json()
+    assert body["text"] == "4096"
+    for digit, (b0, b1) in zip(body["digits"], blobs):
+        x0, x1 = digit["span"]
+        overlap = max(0, min(x1, b1) - max(x0, b0))
+        assert overlap / (max(x1, b1) - min(x0, b0)) > 0.8, (digit["span"], (b0, b1))
+
+
+def test_json_base64_and_raw_bodies(client):
+    data = png_bytes(drawn_number("58", seed=2))
+    by_json = client.post("/predict/number", json={"image": base64.b64encode(data).decode()})
+    raw = client.post("/predict/number", content=data, headers={"Content-Type": "image/png"})
+    multipart = client.post("/predict/number", files={"file": ("n.png", data, "image/png")})
+    assert by_json.status_code == raw.status_code == multipart.status_code == 200
+    assert by_json.json() == raw.json() == multipart.json()
+
+
+def test_a_photographed_line_on_paper_reads_as_well(client):
+    """Grey, slightly tinted paper, soft ink, sensor noise, blur and JPEG: a phone photo."""
+    drawing = drawn_number("8305", seed=11, height=300)
+    rgb = np.asarray(on_white(drawing), dtype=np.float32)
+    paper = np.array([196, 190, 176], np.float32)
+    ink = np.array([40, 40, 70], np.float32)
+    dark = (255 - rgb.mean(-1, keepdims=True)) / 255
+    photo = paper * (1 - dark) + ink * dark
+    photo += np.random.default_rng(0).normal(0, 6, photo.shape)
+    margin = np.full((420, 1400, 3), paper, np.float32)  # the line somewhere on a bigger sheet
+    margin[60:60 + photo.shape[0], 200:200 + photo.shape[1]] = photo
+    image = Image.fromarray(np.clip(margin, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
+    resp = post(client, image, fmt="JPEG", quality=70)
+    assert resp.status_code == 200 and resp.json()["text"] == "8305"
+    spans = [d["span"] for d in resp.json()["digits"]]
+    assert spans[0][0] >= 190 and spans[-1][1] <= 200 + photo.shape[1] + 10
+
+
+def test_no_ink_is_a_422_no_digit_and_bad_models_are_named(client):
+    assert_error(post(client, Image.new("RGB", (500, 150), "white")), 422, "no_digit")
+    assert_error(post(client, drawn_number("1"), query="?model=lstm"), 422, "unknown_model")
+    assert_error(client.post("/predict/number", files={"file": ("n.png", b"not an image", "image/png")}),
+                 415, "invalid_image")
+
+
+def test_the_manifest_figures_meet_the_goal_and_are_served(client):
+    manifest = _manifest()
+    m = manifest["metrics"]
+    assert manifest["task"] == "number" and manifest["input"]["height"] == 28
+    assert m["mnist_test_lines"] == 10_000 and m["mnist_test_lines_digits"] == "1-8"
+    served = {x["name"]: x for x in client.get("/models").json()["models"]}["number_ctc"]
+    assert served["metrics"]["mnist_lines_number_accuracy"] == m["mnist_lines_number_accuracy"]
+    assert client.get("/models").json()["defaults"]["number"] == "ctc"
+
+
+def test_mnist_test_lines_through_the_upload_path_read_as_in_the_manifest():
+    """The preprocessing keeps the accuracy: 400 of the manifest's MNIST-test lines, uploaded as
+    PNG files and read by the service's preprocessing, are read as well as composed directly."""
+    from models.checkpoint import load_checkpoint
+    from training.common import load_mnist
+    from training.number import read_lines, score, upload_lines
+    from training.number_data import CONTRACT as TRAINED, test_lines
+
+    x, y = load_mnist(str(require_mnist()), train=False)
+    inks, texts = test_lines(x, y)  # the manifest's 10,000 lines; the first 600 of them
+    inks, texts = inks[:600], texts[:600]
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "number_ctc.json")
+    assert manifest.input == TRAINED
+    direct = score(read_lines(model, [number_line(ink, TRAINED) for ink in inks], "cpu"), texts)
+    uploaded = score(read_lines(model, upload_lines(inks), "cpu"), texts)
+    assert direct["number_accuracy"] >= manifest.metrics["mnist_lines_number_accuracy"] - 0.025
+    assert uploaded["number_accuracy"] >= direct["number_accuracy"] - 0.01
+    assert uploaded["digit_accuracy"] >= 0.99
