@@ -1,10 +1,11 @@
-// rnnlab demo page: wires the three panels to the service. No build step, no CDN:
+// rnnlab demo page: wires the four panels to the service. No build step, no CDN:
 // plain ES modules served from /static.
 
 import { getJSON } from "./lib/api.js";
 import { initAutoencoder } from "./lib/autoencoder.js";
 import { initCaptcha } from "./lib/captcha.js";
 import { initDigits } from "./lib/digits.js";
+import { initNumber } from "./lib/number.js";
 import { SketchPad } from "./lib/sketch.js";
 import { $, label, markUnavailable } from "./lib/ui.js";
 
@@ -43,7 +44,7 @@ function showStatus(catalog, error) {
 async function main() {
   const pad = new SketchPad($("[data-testid=digit-canvas]"));
   const panels = {
-    digits: $("#digits"), captcha: $("#captcha"), autoencoder: $("#autoencoder"),
+    digits: $("#digits"), number: $("#number"), captcha: $("#captcha"), autoencoder: $("#autoencoder"),
   };
   let catalog;
   try {
@@ -57,7 +58,8 @@ async function main() {
   showStatus(catalog);
   const shared = { pad, catalog, announce };
   // Each panel starts on its own: one that fails to start must not take the others down.
-  for (const [name, init] of [["digits", initDigits], ["captcha", initCaptcha], ["autoencoder", initAutoencoder]]) {
+  for (const [name, init] of [["digits", initDigits], ["number", initNumber], ["captcha", initCaptcha],
+    ["autoencoder", initAutoencoder]]) {
     try {
       init({ ...shared, panel: panels[name] });
     } catch (err) {

@@ -382,10 +382,192 @@ def test_captcha_panel(desktop, server):
         page.get_by_test_id(f"captcha-model-{other}").click()  # the (transparent) radio over its label
         assert desktop.settle("captcha") == "ready"
         assert _agreement(page.get_by_test_id("captcha-result").text_content(), truth) >= 3
-        assert page.locator("#captcha-confidence").text_content().lower().startswith(other)
+        assert page.locator("#captcha-confidence").text_content().lower().startswith(f"read by {other.lower()}")
     page.mouse.move(0, 0)
     desktop.shot("desktop-captcha", panel)
     desktop.assert_clean()
+
+
+def _captcha_requests(page) -> list:
+    """Every POST /predict/captcha the page sends, in order (their query strings parsed)."""
+    from urllib.parse import parse_qs, urlparse
+
+    sent: list = []
+    page.on("request", lambda r: sent.append(parse_qs(urlparse(r.url).query)) if "/predict/captcha" in r.url else None)
+    return sent
+
+
+def _pick_reader(desktop, variant: str):
+    page = desktop.page
+    radio = page.get_by_test_id(f"captcha-model-{variant}")
+    if not radio.is_checked():
+        radio.click()  # the (transparent) radio over its label
+        desktop.settle("captcha")
+
+
+def test_captcha_length_and_charset_are_sent_and_the_answer_obeys(desktop, server):
+    """Length and charset controls: each change re-reads the captcha with length=/charset= in the
+    query, the page shows the server's answer and which reader gave it; what the server refuses
+    (a custom set outside 0-9a-z, a length seq2seq cannot read) is shown as its own message."""
+    variants = server["catalog"].get("captcha", [])
+    if "ctc" not in variants:
+        pytest.skip("no ctc captcha reader is loaded")
+    page = desktop.page
+    sent = _captcha_requests(page)
+    answers = _answers(page, "/predict/captcha")
+    length, charset = page.get_by_test_id("captcha-length"), page.get_by_test_id("captcha-charset")
+    assert length.input_value() == "" and charset.input_value() == ""  # "any" by default
+    assert [o.strip() for o in length.locator("option").all_text_contents()] == ["any", *"12345678"]
+    _pick_reader(desktop, "ctc")
+    length.select_option("5")
+    assert not sent  # nothing to read yet
+    page.get_by_test_id("captcha-new").click()  # a 4-character captcha, read as 5
+    assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+    assert sent[-1]["length"] == ["5"] and sent[-1]["model"] == ["ctc"] and "charset" not in sent[-1]
+    body = answers[-1].json()
+    assert body["model"] == "ctc" and len(body["text"]) == 5
+    assert page.get_by_test_id("captcha-result").text_content() == body["text"]
+    assert page.locator("[data-testid=captcha-result] .char").count() == 5
+    assert page.get_by_test_id("captcha-answered-by").text_content().lower() == "ctc"
+    meta = page.locator("#captcha-confidence")
+    assert meta.get_attribute("data-model") == "ctc"
+    assert meta.text_content().lower().startswith("read by ctc · whole string"), meta.text_content()
+    assert "exactly 5 characters" in page.get_by_test_id("captcha-asked").text_content()
+
+    # Digits only: re-read at once, both constraints in the query.
+    n = len(sent)
+    charset.select_option("digits")
+    assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+    assert len(sent) == n + 1 and sent[-1]["charset"] == ["digits"] and sent[-1]["length"] == ["5"]
+    body = answers[-1].json()
+    assert re.fullmatch(r"\d{5}", body["text"]) and page.get_by_test_id("captcha-result").text_content() == body["text"]
+
+    # A custom set: the field appears; characters outside 0-9a-zA-Z get the server's 422 message.
+    custom = page.get_by_test_id("captcha-charset-custom")
+    assert custom.is_hidden()
+    charset.select_option("custom")
+    assert custom.is_visible()
+    assert desktop.settle("captcha") == "ready"  # nothing typed yet: read without a charset
+    assert "charset" not in sent[-1]
+    custom.fill("ab!")
+    custom.press("Enter")
+    assert desktop.settle("captcha") == "error"
+    assert sent[-1]["charset"] == ["ab!"]
+    refusal = answers[-1]
+    assert refusal.status == 422
+    message = refusal.json()["error"]["message"]
+    assert page.get_by_test_id("captcha-error-message").text_content() == message
+    assert "invalid_request" in page.get_by_test_id("captcha-error").text_content()
+    assert page.get_by_test_id("captcha-result").text_content() == ""
+    custom.fill("0123abc")
+    custom.press("Enter")
+    assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+    assert sent[-1]["charset"] == ["0123abc"] and page.get_by_test_id("captcha-error").is_hidden()
+    shown = page.get_by_test_id("captcha-result").text_content()
+    assert re.fullmatch(r"[0123abc]{5}", shown) and shown == answers[-1].json()["text"]
+    desktop.shot("desktop-captcha-constraints", desktop.panel("captcha"))
+
+    # Back to any: the query carries neither.
+    length.select_option("")
+    charset.select_option("")
+    assert desktop.settle("captcha") == "ready"
+    assert "length" not in sent[-1] and "charset" not in sent[-1]
+    assert len(page.get_by_test_id("captcha-result").text_content()) == 4
+
+    if "seq2seq" in variants:
+        # seq2seq reads exactly 4: the other lengths are disabled, with a hint ...
+        hint = page.get_by_test_id("captcha-length-hint")
+        assert hint.is_hidden()
+        length.select_option("5")
+        assert desktop.settle("captcha") == "ready"
+        page.get_by_test_id("captcha-model-seq2seq").click()
+        # ... and a length chosen before switching gets the server's refusal, shown, not thrown.
+        assert desktop.settle("captcha") == "error"
+        assert sent[-1]["model"] == ["seq2seq"] and sent[-1]["length"] == ["5"]
+        refusal = answers[-1]
+        assert refusal.status == 422
+        assert page.get_by_test_id("captcha-error-message").text_content() == refusal.json()["error"]["message"]
+        assert "seq2seq" in page.get_by_test_id("captcha-error").text_content()
+        assert page.locator("#captcha-verdict").is_hidden()  # no verdict on an answer that is not there
+        assert page.locator("#captcha-confidence").get_attribute("data-model") is None
+        assert hint.is_visible() and "exactly 4" in hint.text_content()
+        disabled = length.locator("option").evaluate_all("os => os.filter(o => o.disabled).map(o => o.value)")
+        assert disabled == ["1", "2", "3", "5", "6", "7", "8"], disabled
+        desktop.shot("desktop-captcha-seq2seq-length", desktop.panel("captcha"))
+        length.select_option("4")
+        assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+        assert sent[-1]["length"] == ["4"] and answers[-1].json()["model"] == "seq2seq"
+        assert page.get_by_test_id("captcha-answered-by").text_content() == "seq2seq"
+        assert len(page.get_by_test_id("captcha-result").text_content()) == 4
+        _pick_reader(desktop, "ctc")  # back on ctc every length is open again
+        assert hint.is_hidden()
+        assert length.locator("option:disabled").count() == 0
+    desktop.assert_clean(allowed=("status of 422",))
+
+
+def test_captcha_offers_user_trained_readers(browser, server):
+    """Readers fine-tuned on the user's own captchas (extra captcha entries in /models, forced
+    here with interception) are offered after ctc and seq2seq, A-Z; the note gives their held-out
+    accuracy, and the answer says which reader gave it."""
+    variants = server["catalog"].get("captcha", [])
+    if not variants:
+        pytest.skip("no captcha model is loaded")
+    p = Page(browser, server["url"], DESKTOP)
+    page = p.page
+
+    def own(variant: str, accuracy: float, holdout: int) -> dict:
+        return {"name": f"captcha_{variant}", "task": "captcha", "variant": variant, "network": "ctc",
+                "description": "ctc fine-tuned on 800 labelled captchas of 4-6 characters",
+                "architecture": {"variant": "ctc"}, "parameters": 1,
+                "metrics": {"full_string_accuracy": accuracy, "char_accuracy": 0.99, "holdout_samples": holdout},
+                "training": {"train_samples": 800, "label_lengths": [4, 5, 6], "init": {"from": "captcha_ctc"}}}
+
+    def with_own_readers(route):
+        body = json.loads(route.fetch().text())
+        body["models"] += [own("myshop", 0.97, 200), own("acme", 0.9, 50)]
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    sent: list = []
+
+    def fake_myshop(route):
+        if "model=myshop" not in route.request.url:
+            route.continue_()
+            return
+        sent.append(route.request.url)
+        chars = [{"char": c, "confidence": 0.98, "top3": [[c, 0.98], ["x", 0.01], ["y", 0.005]]} for c in "ab12c"]
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(
+            {"text": "ab12c", "confidence": 0.91, "model": "myshop", "characters": chars}))
+
+    page.route("**/models", with_own_readers)
+    page.route("**/predict/captcha*", fake_myshop)
+    p.open()
+    order = page.locator("#captcha-models input").evaluate_all("els => els.map(e => e.value)")
+    shipped = [v for v in ("ctc", "seq2seq") if v in variants]
+    assert order[:len(shipped)] == shipped and order[-2:] == ["acme", "myshop"], order
+    note = page.get_by_test_id("captcha-model-note")
+    page.get_by_test_id("captcha-model-myshop").click()
+    assert page.get_by_test_id("captcha-model-myshop").is_checked()
+    text = note.text_content()
+    assert "your own captchas" in text and "97.0% of 200 of your held-out captchas" in text, text
+    assert "test captchas" not in text  # not the seed generator's test set
+    assert page.get_by_test_id("captcha-length").locator("option:disabled").count() == 0  # a CTC reader
+    page.get_by_test_id("captcha-model-acme").click()
+    assert "90.0% of 50 of your held-out captchas" in note.text_content()
+    page.get_by_test_id("captcha-model-myshop").click()
+    page.get_by_test_id("captcha-length").select_option("5")
+    page.get_by_test_id("captcha-new").click()
+    assert p.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+    assert "length=5" in sent[-1]
+    assert page.get_by_test_id("captcha-result").text_content() == "ab12c"
+    assert page.get_by_test_id("captcha-answered-by").text_content() == "myshop"
+    assert page.locator("#captcha-confidence").text_content().startswith("Read by myshop · whole string 91% sure")
+    page.mouse.move(0, 0)
+    p.panel("captcha").scroll_into_view_if_needed()
+    p.shot("desktop-captcha-own-reader", p.panel("captcha"))
+    page.emulate_media(color_scheme="dark")
+    p.shot("desktop-captcha-own-reader-dark", p.panel("captcha"))
+    p.assert_clean()
+    p.close()
 
 
 def test_autoencoder_panel(desktop, server):
@@ -610,6 +792,19 @@ def test_phone_layout_and_touch_drawing(phone, server):
         page.locator("[data-testid=captcha-result] .char").nth(1).tap()
         assert page.get_by_test_id("captcha-band").is_visible()
         assert page.get_by_test_id("captcha-band").get_attribute("data-index") == "1"
+        if "ctc" in server["catalog"]["captcha"]:  # eight characters wrap instead of sticking out
+            page.get_by_test_id("captcha-model-ctc").tap()
+            phone.settle("captcha")
+            page.get_by_test_id("captcha-length").select_option("8")
+            assert phone.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+            chars = page.locator("[data-testid=captcha-result] .char")
+            assert chars.count() == 8
+            assert all(b["x"] >= 0 and b["x"] + b["width"] <= PHONE["width"]
+                       for b in (c.bounding_box() for c in chars.all()))
+            for sel in ("captcha-length", "captcha-charset"):
+                box = page.get_by_test_id(sel).bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (sel, box)
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     for name in ("captcha", "ae"):
         phone.panel(name).scroll_into_view_if_needed()
         phone.shot(f"phone-{name}", phone.panel(name))

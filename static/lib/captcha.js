@@ -1,16 +1,24 @@
 // The captcha panel: upload (picker or drag-and-drop) or fetch a fresh captcha, decode it,
 // show each character's confidence with its top-3 on hover/focus, and where on the image it
 // was read (`explain=true`: a band over its span and a curve of its column weights); switch
-// ctc / seq2seq.
+// between every served reader (ctc, seq2seq, then readers fine-tuned on the user's own captchas);
+// ask for an exact length and a set of characters (`length=`, `charset=`: decoded under them).
 
 import { ApiError, dataUrlToBlob, getJSON, postFiles } from "./api.js";
 import { $, el, label, markUnavailable, pct, pctNice, setPanelState, showError } from "./ui.js";
 
-const ORDER = ["ctc", "seq2seq"];
+const ORDER = ["ctc", "seq2seq"]; // the shipped readers first, then the others A-Z
+
+/** Served captcha readers: ctc, seq2seq, then the rest (user-trained readers) alphabetically. */
+export function orderReaders(names) {
+  const rank = (v) => (ORDER.includes(v) ? ORDER.indexOf(v) : ORDER.length);
+  return [...names].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b, "en", { sensitivity: "base" }) || (a < b ? -1 : 1));
+}
+
+const NAMED_CHARSETS = { digits: "digits (0-9)", letters: "letters (a-z)" };
 
 export function initCaptcha({ panel, catalog, announce }) {
-  const variants = Object.keys(catalog.models.captcha || {})
-    .sort((a, b) => (ORDER.indexOf(a) + 1 || 99) - (ORDER.indexOf(b) + 1 || 99));
+  const variants = orderReaders(Object.keys(catalog.models.captcha || {}));
   if (!variants.length) {
     markUnavailable(panel, "No captcha model is loaded on this server, so captchas cannot be read here yet.");
     return;
@@ -18,6 +26,11 @@ export function initCaptcha({ panel, catalog, announce }) {
   const els = {
     models: $("#captcha-models", panel),
     modelNote: $("#captcha-model-note", panel),
+    length: $("#captcha-length", panel),
+    lengthHint: $("#captcha-length-hint", panel),
+    charset: $("#captcha-charset", panel),
+    customRow: $("#captcha-custom-row", panel),
+    custom: $("#captcha-custom", panel),
     file: $("[data-testid=captcha-file]", panel),
     drop: $("#captcha-drop", panel),
     newBtn: $("[data-testid=captcha-new]", panel),
@@ -45,22 +58,112 @@ export function initCaptcha({ panel, catalog, announce }) {
     ctc: "bidirectional GRU over the columns, CTC decoding",
     seq2seq: "GRU encoder over the columns, GRU decoder emitting 4 characters",
   };
+  const manifest = (v) => catalog.models.captcha[v] || {};
+  const network = (v) => manifest(v).network || (ORDER.includes(v) ? v : "ctc");
+  /** A reader trained on the user's own captchas (training.captcha finetune): not a shipped one. */
+  const isOwn = (v) => !ORDER.includes(v) || typeof manifest(v).metrics?.holdout_samples === "number";
+  /** The one length a reader can answer (seq2seq: its fixed decoder steps), else null = any. */
+  const fixedLength = (v) => (network(v) === "seq2seq" ? Number(manifest(v).architecture?.length) || 4 : null);
+  const count = (n) => Number(n).toLocaleString("en");
+
+  function describeOwn(v) {
+    const m = manifest(v), metrics = m.metrics || {}, training = m.training || {};
+    const scratch = training.init === "random weights";
+    const from = typeof training.init?.from === "string" ? training.init.from.replace(/^captcha_/, "") : null;
+    const lengths = Array.isArray(training.label_lengths) && training.label_lengths.length
+      ? training.label_lengths.map(Number) : null;
+    const span = lengths ? (Math.min(...lengths) === Math.max(...lengths) ? `${Math.min(...lengths)}`
+      : `${Math.min(...lengths)}-${Math.max(...lengths)}`) : null;
+    const what = [
+      typeof training.train_samples === "number" ? `${count(training.train_samples)} labelled` : null,
+      span ? `${span} characters` : null,
+    ].filter(Boolean).join(", ");
+    let note = `${scratch ? "Trained" : "Fine-tuned"} on your own captchas${what ? ` (${what})` : ""}`
+      + (!scratch && from ? `, starting from the ${label(from)} reader` : `; ${label(network(v))} decoding`);
+    if (typeof metrics.full_string_accuracy === "number") {
+      const n = metrics.holdout_samples;
+      note += typeof n === "number"
+        ? ` · ${pct(metrics.full_string_accuracy, n >= 1000 ? 2 : 1)} of ${count(n)} of your held-out captchas read right`
+        : ` · ${pct(metrics.full_string_accuracy, 1)} of your held-out captchas read right`;
+    }
+    return note;
+  }
+
   function describeModel() {
-    const m = catalog.models.captcha[selected]?.metrics || {};
+    if (isOwn(selected)) {
+      els.modelNote.textContent = describeOwn(selected);
+      return;
+    }
+    const m = manifest(selected).metrics || {};
     const acc = typeof m.full_string_accuracy === "number"
-      ? ` · ${pct(m.full_string_accuracy, 2)} of ${m.test_samples ? m.test_samples.toLocaleString("en") : "held-out"} test captchas read right`
+      ? ` · ${pct(m.full_string_accuracy, 2)} of ${m.test_samples ? count(m.test_samples) : "held-out"} test captchas read right`
       : "";
     // The seq2seq weights may carry the o/0 glyph net (architecture.o0): say so.
-    const glyph = catalog.models.captcha[selected]?.architecture?.o0 ? ", o vs 0 checked at full resolution" : "";
-    els.modelNote.textContent = `${DESCRIBE[selected] || selected}${glyph}${acc}`;
+    const glyph = manifest(selected).architecture?.o0 ? ", o vs 0 checked at full resolution" : "";
+    els.modelNote.textContent = `${DESCRIBE[selected] || manifest(selected).description || selected}${glyph}${acc}`;
   }
-  for (const v of variants) {
-    const input = el("input", { type: "radio", name: "captcha-model", value: v, id: `captcha-model-${v}`,
+  variants.forEach((v, i) => {
+    const input = el("input", { type: "radio", name: "captcha-model", value: v, id: `captcha-model-${i}`,
       checked: v === selected, "data-testid": `captcha-model-${v}`, "aria-describedby": "captcha-model-note" });
-    input.addEventListener("change", () => { selected = v; describeModel(); if (current) decode(); });
-    els.models.append(el("span", { class: "seg" }, input, el("label", { for: input.id }, label(v))));
+    input.addEventListener("change", () => { selected = v; describeModel(); fitLengths(); if (current) decode(); });
+    const own = isOwn(v);
+    els.models.append(el("span", { class: `seg${own ? " seg-own" : ""}`, "data-variant": v }, input,
+      el("label", { for: input.id, title: own ? "trained on your own captchas" : null }, label(v))));
+  });
+
+  // ---- what the answer must look like: an exact length, a set of characters ------------------
+  /** The query's constraint parameters, as the controls stand now ("" when none). */
+  function constraintQuery() {
+    const params = [];
+    if (els.length.value) params.push(`length=${encodeURIComponent(els.length.value)}`);
+    const cs = els.charset.value === "custom" ? els.custom.value.trim() : els.charset.value;
+    if (cs) params.push(`charset=${encodeURIComponent(cs)}`);
+    return params.length ? `&${params.join("&")}` : "";
   }
+
+  /** Words for the constraints a request asked for ("" when none). */
+  function constraintWords() {
+    const words = [];
+    if (els.length.value) words.push(`exactly ${els.length.value} character${els.length.value === "1" ? "" : "s"}`);
+    const cs = els.charset.value === "custom" ? els.custom.value.trim() : els.charset.value;
+    if (cs) words.push(NAMED_CHARSETS[cs] ? `${NAMED_CHARSETS[cs]} only` : `only “${cs}”`);
+    return words.join(", ");
+  }
+
+  /** A fixed-length reader (seq2seq) takes only its own length: the others are disabled, with a hint. */
+  function fitLengths() {
+    const fixed = fixedLength(selected);
+    for (const opt of els.length.options) opt.disabled = fixed != null && opt.value !== "" && Number(opt.value) !== fixed;
+    const off = fixed != null && els.length.value !== "" && Number(els.length.value) !== fixed;
+    els.lengthHint.hidden = fixed == null;
+    els.lengthHint.classList.toggle("is-warn", off);
+    els.lengthHint.textContent = fixed == null ? ""
+      : `${label(selected)} always reads exactly ${fixed} characters`
+        + (off ? ` and cannot answer ${els.length.value}: choose “any” or ${fixed}, or another reader.`
+          : "; choose another reader for other lengths.");
+  }
+
+  let asked = null; // the constraint query of the last request sent
+  let typing = null;
+  /** Re-read the current captcha when the constraints now differ from the last request's. */
+  const constraintsChanged = () => {
+    clearTimeout(typing);
+    fitLengths();
+    if (current && constraintQuery() !== asked) decode();
+  };
+  els.length.addEventListener("change", constraintsChanged);
+  els.charset.addEventListener("change", () => {
+    els.customRow.hidden = els.charset.value !== "custom";
+    if (els.charset.value === "custom") els.custom.focus();
+    constraintsChanged(); // custom with nothing typed yet: no charset
+  });
+  // Typing a custom set re-reads after a pause; Enter or leaving the field, at once.
+  els.custom.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(constraintsChanged, 400); });
+  els.custom.addEventListener("change", constraintsChanged);
+  els.custom.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); constraintsChanged(); } });
+
   describeModel();
+  fitLengths();
 
   // ---- per-character tooltip (top-3) ---------------------------------------------------------
   function showTip(button) {
@@ -125,7 +228,7 @@ export function initCaptcha({ panel, catalog, announce }) {
   const normTop3 = (top3) => (Array.isArray(top3) ? top3 : []).map((t) => (Array.isArray(t)
     ? [String(t[0]), Number(t[1])] : [String(t.char ?? t.c ?? "?"), Number(t.confidence ?? t.p ?? t.probability ?? 0)]));
 
-  function showResult(data, truth) {
+  function showResult(data, truth, wanted = "") {
     const text = String(data.text ?? "");
     const chars = Array.isArray(data.characters) && data.characters.length
       ? data.characters : [...text].map((c) => ({ char: c }));
@@ -158,17 +261,25 @@ export function initCaptcha({ panel, catalog, announce }) {
       }
       return b;
     }));
-    els.confidence.textContent = typeof data.confidence === "number"
-      ? `${label(data.model || selected)} · whole string ${pctNice(data.confidence)} sure` : label(data.model || selected);
-    if (!text) els.confidence.textContent = `${label(data.model || selected)} read no characters in this image`;
+    // Which reader answered (the response's own `model`), how sure, and what it was asked for.
+    const reader = String(data.model || selected);
+    const by = el("span", { class: "answered-by", "data-testid": "captcha-answered-by", text: label(reader) });
+    els.confidence.dataset.model = reader;
+    if (!text) els.confidence.replaceChildren(by, " read no characters in this image");
+    else {
+      els.confidence.replaceChildren("Read by ", by,
+        typeof data.confidence === "number" ? ` · whole string ${pctNice(data.confidence)} sure` : "");
+    }
+    if (wanted) els.confidence.append(el("span", { class: "asked", "data-testid": "captcha-asked", text: ` · asked for ${wanted}` }));
     els.truthRow.hidden = !truth;
     if (truth) {
       els.truth.textContent = truth;
       const ok = truthLower === text.toLowerCase();
       els.verdict.textContent = ok ? "✓ correct" : "✗ misread";
       els.verdict.className = `chip ${ok ? "chip-ok" : "chip-warn"}`;
+      els.verdict.hidden = false;
     }
-    announce(`Captcha decoded as ${[...text].join(" ")}${truth ? `; the true text is ${[...truth].join(" ")}` : ""}.`);
+    announce(`Captcha read by ${label(reader)} as ${[...text].join(" ")}${truth ? `; the true text is ${[...truth].join(" ")}` : ""}.`);
   }
 
   function setImage(blob) {
@@ -184,14 +295,20 @@ export function initCaptcha({ panel, catalog, announce }) {
     setPanelState(panel, "busy");
     panel.setAttribute("aria-busy", "true");
     try {
-      const data = await postFiles(`/predict/captcha?model=${encodeURIComponent(selected)}&explain=true`, { file: current.blob });
+      asked = constraintQuery();
+      const wanted = constraintWords();
+      const data = await postFiles(`/predict/captcha?model=${encodeURIComponent(selected)}&explain=true${asked}`,
+        { file: current.blob });
       if (mine !== ticket) return;
       showError(els.error, null);
-      showResult(data, current.truth);
+      showResult(data, current.truth, wanted);
       setPanelState(panel, "ready");
     } catch (err) {
       if (mine !== ticket) return;
-      failed(err, "Could not read this image.");
+      // 422 invalid_request: the reader cannot answer under these settings (a length seq2seq
+      // cannot read, characters outside 0-9a-z): the server's own message says why.
+      const refused = err instanceof ApiError && err.status === 422 && err.code === "invalid_request" && asked;
+      failed(err, refused ? `${label(selected)} cannot answer with these settings.` : "Could not read this image.");
     } finally {
       if (mine === ticket) panel.removeAttribute("aria-busy");
     }
@@ -204,7 +321,9 @@ export function initCaptcha({ panel, catalog, announce }) {
     }
     hideRead();
     els.result.replaceChildren();
-    els.confidence.textContent = "";
+    els.confidence.replaceChildren();
+    delete els.confidence.dataset.model;
+    els.verdict.hidden = true; // no answer now: the true text stays, the verdict on the last one goes
     showError(els.error, err, prefix);
     announce(`Error: ${err.message}`);
     setPanelState(panel, "error");

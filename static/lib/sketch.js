@@ -1,11 +1,15 @@
 // A drawing pad on a <canvas>: mouse, touch and pen through Pointer Events.
-// Strokes are kept in unit coordinates ([0, 1] x [0, 1]), so the pad can be resized (phone
-// rotation, layout changes, devicePixelRatio) without losing the drawing, and the export is
-// rendered at a fixed size whatever the screen.
+// Strokes are kept in units of the canvas's height (y in [0, 1], x in [0, width / height]; for
+// the square digit pad that is the unit square), so the pad can be resized (phone rotation,
+// layout changes, devicePixelRatio) without losing or distorting the drawing, and the export is
+// rendered at a fixed height whatever the screen. A wide pad (the number pad) works the same
+// way: its export is EXPORT_SIZE tall and as wide as the pad's shape, the pen INK_RATIO of the
+// height, as testkit/drawing.py's drawn_number().
 
-export const EXPORT_SIZE = 280; // px; with INK_RATIO this is the 22 px pen of testkit/drawing.py
-export const INK_RATIO = 22 / 280; // pen width as a fraction of the canvas side
+export const EXPORT_SIZE = 280; // px tall; with INK_RATIO this is the 22 px pen of testkit/drawing.py
+export const INK_RATIO = 22 / 280; // pen width as a fraction of the canvas's height (its side, when square)
 
+/** Draw `strokes` (canvas-height units) on `ctx`, where `size` px is the canvas's height. */
 export function drawStrokes(ctx, strokes, size, { ink = "#111827", ratio = INK_RATIO } = {}) {
   ctx.save();
   ctx.lineCap = "round";
@@ -29,13 +33,21 @@ export function drawStrokes(ctx, strokes, size, { ink = "#111827", ratio = INK_R
   ctx.restore();
 }
 
+/** The export's pixel size for a pad of shape `aspect` (width / height): `size` tall. */
+export function exportSize(aspect = 1, size = EXPORT_SIZE) {
+  return { width: Math.max(1, Math.round(size * aspect)), height: size };
+}
+
 /**
- * Strokes -> PNG Blob: dark ink on a transparent background, EXPORT_SIZE square. The
- * service's preprocessing (models/preprocess.py) reads the ink from the alpha channel.
+ * Strokes -> PNG Blob: dark ink on a transparent background, `size` px tall and `aspect` times
+ * as wide (EXPORT_SIZE square by default). The service's preprocessing (models/preprocess.py)
+ * reads the ink from the alpha channel.
  */
-export function strokesToBlob(strokes, size = EXPORT_SIZE) {
+export function strokesToBlob(strokes, size = EXPORT_SIZE, aspect = 1) {
   const canvas = document.createElement("canvas");
-  canvas.width = canvas.height = size;
+  const box = exportSize(aspect, size);
+  canvas.width = box.width;
+  canvas.height = box.height;
   drawStrokes(canvas.getContext("2d"), strokes, size, { ink: "#000" });
   return new Promise((resolve, reject) => canvas.toBlob(
     (blob) => (blob ? resolve(blob) : reject(new Error("canvas export failed"))), "image/png"));
@@ -58,6 +70,7 @@ export class SketchPad extends EventTarget {
     this.ctx = canvas.getContext("2d");
     this.strokes = [];
     this.active = null; // the stroke being drawn, with its pointerId
+    this.aspect = 1; // width / height of the drawing area (1 for the square digit pad)
     this.#bind();
     new ResizeObserver(() => this.#resize()).observe(canvas);
     this.#resize();
@@ -69,7 +82,9 @@ export class SketchPad extends EventTarget {
   undo() { if (this.strokes.length) this.#set(this.strokes.slice(0, -1)); }
   load(strokes) { this.#set(strokes.map((s) => s.map((p) => [p[0], p[1]]))); }
   snapshot() { return this.strokes.map((s) => s.map((p) => [p[0], p[1]])); }
-  toBlob() { return strokesToBlob(this.strokes); }
+  /** The PNG export's {width, height} in px: EXPORT_SIZE tall, the pad's shape. */
+  get exportSize() { return exportSize(this.aspect); }
+  toBlob() { return strokesToBlob(this.strokes, EXPORT_SIZE, this.aspect); }
 
   #set(strokes) {
     this.active = null;
@@ -82,23 +97,30 @@ export class SketchPad extends EventTarget {
 
   #resize() {
     const dpr = window.devicePixelRatio || 1;
-    const side = Math.max(1, Math.round(this.canvas.clientWidth * dpr));
-    if (this.canvas.width !== side || this.canvas.height !== side) {
-      this.canvas.width = this.canvas.height = side;
+    const { clientWidth, clientHeight } = this.canvas;
+    if (clientWidth > 0 && clientHeight > 0) this.aspect = clientWidth / clientHeight; // hidden: keep the last shape
+    const width = Math.max(1, Math.round(clientWidth * dpr));
+    const height = Math.max(1, Math.round(width / this.aspect)); // square pad: height === width, as before
+    if (this.canvas.width !== width || this.canvas.height !== height) {
+      this.canvas.width = width;
+      this.canvas.height = height;
       this.#redraw();
+      this.#emit("resize", { aspect: this.aspect });
     }
   }
 
   #redraw() {
     const { ctx, canvas } = this;
     ctx.clearRect(0, 0, canvas.width, canvas.height);
-    drawStrokes(ctx, this.strokes, canvas.width, { ink: getComputedStyle(canvas).color || "#111827" });
+    drawStrokes(ctx, this.strokes, canvas.height, { ink: getComputedStyle(canvas).color || "#111827" });
   }
 
+  /** A pointer position in canvas-height units: y in [0, 1], x in [0, aspect] (the share of the
+   * width, times the drawing area's shape: for the square pad, the unit square as before). */
   #point(event) {
     const rect = this.canvas.getBoundingClientRect();
     const clamp = (v) => Math.min(1, Math.max(0, v));
-    return [clamp((event.clientX - rect.left) / rect.width), clamp((event.clientY - rect.top) / rect.height)];
+    return [clamp((event.clientX - rect.left) / rect.width) * this.aspect, clamp((event.clientY - rect.top) / rect.height)];
   }
 
   #bind() {
