@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.captcha_common import CHARSET, Constraints, with_answers
+from models.captcha_common import CHARSET, Constraints, score_texts, with_answers
 from models.captcha_ctc import CaptchaCTC
 from models.ctc import BLANK
 from models.checkpoint import load_checkpoint
@@ -145,9 +145,8 @@ def read_texts(model: CaptchaCTC, pixels: np.ndarray, device, answers: str | Non
 
 
 def accuracy(predicted: list[str], truth: list[str]) -> dict:
-    full = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
-    chars = sum(sum(a == b for a, b in zip(p, t)) for p, t in zip(predicted, truth) if len(p) == len(t))
-    return {"full_string_accuracy": round(full, 5), "char_accuracy": round(chars / sum(map(len, truth)), 5)}
+    """Full string, and per character as 1 - edit distance / length (models.captcha_common.score_texts)."""
+    return {k: round(v, 5) for k, v in score_texts(predicted, truth).items()}
 
 
 def write_atomically(model, manifest, out: Path, name: str) -> Path:

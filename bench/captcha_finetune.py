@@ -1,0 +1,117 @@
+"""Fine-tuning on your own captchas: for each foreign style (training/captcha_styles.py), 1,000
+labelled captchas -> `python -m training.captcha finetune` from the shipped CTC reader, the same
+from random weights, and ddddocr, all read on 1,000 fresh held-out captchas of that style.
+
+    .venv/bin/python -m bench.captcha_finetune [--minutes 10] [--styles fonts wheezy lines]
+        [--save bench/results/captcha_finetune.json] [--work data/finetune_bench]
+
+Runs --parallel trainings at a time (default 2), one CPU thread each. The minutes
+reported are each run's own wall clock (its manifest's `training.seconds`, evaluation included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.checkpoint import load_checkpoint
+from models.preprocess import captcha_pixels
+from training.captcha_finetune import accuracy, read_texts
+from training.captcha_styles import samples, write_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SEED, TEST_SEED = 1_000, 2_000  # + the style's index
+
+
+def run_finetune(folder: Path, out: Path, name: str, minutes: float, scratch: bool) -> tuple[Path, float]:
+    cmd = [sys.executable, "-m", "training.captcha", "finetune", "--folder", str(folder), "--name", name,
+           "--minutes", str(minutes), "--out", str(out), "--threads", "1", "--no-progress"]
+    if scratch:
+        cmd += ["--scratch", "--lr", "3e-3"]
+    started = time.perf_counter()
+    log = out / f"{name}.log"
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed; see {log}")
+    return out / f"captcha_{name}.json", time.perf_counter() - started
+
+
+def ddddocr_texts(images: list[Image.Image]) -> tuple[list[str], float]:
+    import ddddocr
+
+    ocr = ddddocr.DdddOcr(show_ad=False)
+    texts, started = [], time.perf_counter()
+    for image in images:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        texts.append(ocr.classification(buf.getvalue()).lower())
+    return texts, (time.perf_counter() - started) / len(images) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--styles", nargs="+", default=["fonts", "wheezy", "lines"])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--train", type=int, default=1_000)
+    parser.add_argument("--test", type=int, default=1_000)
+    parser.add_argument("--work", default=str(ROOT / "data" / "finetune_bench"))
+    parser.add_argument("--parallel", type=int, default=2, help="trainings at a time (one CPU thread each)")
+    parser.add_argument("--save", help="write the figures as JSON (for bench/readme_tables.py)")
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    jobs, tests = [], {}
+    for k, style in enumerate(args.styles):
+        folder = work / style / "train"
+        if len(list(folder.glob("*.png"))) != args.train:
+            write_folder(folder, style, args.train, TRAIN_SEED + k)
+        test = [s for _, s in zip(range(args.test), samples(style, TEST_SEED + k))]
+        tests[style] = ([t.lower() for t, _ in test], [img for _, img in test])
+        for scratch in (False, True):
+            jobs.append((style, folder, work / style, f"{style}_{'scratch' if scratch else 'finetuned'}", scratch))
+    print(f"{len(jobs)} trainings of {args.minutes:g} min, {args.parallel} at a time", flush=True)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        trained = list(pool.map(lambda j: (j, run_finetune(j[1], j[2], j[3], args.minutes, j[4])), jobs))
+
+    shipped, _ = load_checkpoint(ROOT / "models" / "weights" / "captcha_ctc.json")
+    results = {"minutes_budget": args.minutes, "train": args.train, "test": args.test, "cpus": os.cpu_count(),
+               "parallel": args.parallel, "started_from": "captcha_ctc", "styles": {}}
+    for style in args.styles:
+        truth, images = tests[style]
+        row: dict = {"samples": len(truth)}
+        pixels = np.stack([captcha_pixels(img) for img in images])
+        row["shipped_ctc"] = accuracy(read_texts(shipped, pixels, "cpu"), truth)
+        for (s, _, _, name, scratch), (json_path, seconds) in trained:
+            if s != style:
+                continue
+            model, manifest = load_checkpoint(json_path)
+            figures = accuracy(read_texts(model, pixels, "cpu", manifest.answers), truth)
+            figures["minutes"] = round(manifest.training["seconds"] / 60, 2)
+            figures["wall_minutes"] = round(seconds / 60, 2)
+            figures["samples_seen"] = manifest.training["samples_seen"]
+            row["scratch" if scratch else "finetuned"] = figures
+        texts, ms = ddddocr_texts(images)
+        row["ddddocr"] = {**accuracy(texts, truth), "ms_per_image": round(ms, 1)}
+        results["styles"][style] = row
+        print(f"{style}: fine-tuned {row['finetuned']['full_string_accuracy']:.1%} "
+              f"({row['finetuned']['minutes']:.1f} min) | from scratch {row['scratch']['full_string_accuracy']:.1%} | "
+              f"shipped {row['shipped_ctc']['full_string_accuracy']:.1%} | ddddocr {row['ddddocr']['full_string_accuracy']:.1%}",
+              flush=True)
+    if args.save:
+        Path(args.save).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.save}")
+
+
+if __name__ == "__main__":
+    main()

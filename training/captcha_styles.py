@@ -1,0 +1,111 @@
+"""Captcha styles the shipped readers were never trained on, reproducible from a seed: for the
+fine-tuning benchmark (bench/captcha_finetune.py) and for trying `training.captcha finetune`.
+
+    fonts   the captcha package with other fonts (DejaVu Sans Bold, Liberation Serif), 200x70
+    wheezy  wheezy.captcha: background, warped/rotated/offset text, a curve, noise, smoothing; 200x75
+    lines   PIL text in Liberation Sans/Mono on a tinted background, crossed by interference
+            lines and dots, each character rotated and jittered; 180x60
+
+Texts are mixed case from 0-9a-zA-Z, `lengths` characters (default 4-6). The fonts come from
+Debian's fonts-dejavu-core and fonts-liberation (wheezy.captcha from PyPI).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+from typing import Callable, Iterator
+
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from training.captcha_data import seeded_captcha
+
+ALPHABET = string.digits + string.ascii_letters
+FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/liberation")]
+
+
+def font_path(name: str) -> str:
+    for folder in FONT_DIRS:
+        if (folder / name).is_file():
+            return str(folder / name)
+    raise FileNotFoundError(f"font {name} not found in {', '.join(map(str, FONT_DIRS))}: install "
+                            "fonts-dejavu-core and fonts-liberation (apt)")
+
+
+def _fonts_style(rng: random.Random) -> Callable[[str], Image.Image]:
+    from captcha.image import ImageCaptcha
+
+    drawer = ImageCaptcha(width=200, height=70, fonts=[font_path("DejaVuSans-Bold.ttf"),
+                                                       font_path("LiberationSerif-Regular.ttf")])
+
+    def draw(text: str) -> Image.Image:
+        with seeded_captcha(rng):  # the package draws from `secrets`: from `rng` instead
+            return drawer.generate_image(text)
+
+    return draw
+
+
+def _wheezy_style(rng: random.Random) -> Callable[[str], Image.Image]:
+    from wheezy.captcha import image as w
+
+    fonts = [font_path("DejaVuSans.ttf"), font_path("LiberationSans-Regular.ttf")]
+    drawer = w.captcha(drawings=[
+        w.background(),
+        w.text(fonts=fonts, drawings=[w.warp(), w.rotate(), w.offset()]),
+        w.curve(), w.noise(), w.smooth()], width=200, height=75)
+    return drawer
+
+
+def _lines_style(rng: random.Random) -> Callable[[str], Image.Image]:
+    fonts = [ImageFont.truetype(font_path(name), size) for name in ("LiberationSans-Bold.ttf", "LiberationMono-Bold.ttf")
+             for size in (30, 34)]
+
+    def draw(text: str) -> Image.Image:
+        width, height = 180, 60
+        tint = tuple(rng.randint(200, 250) for _ in range(3))
+        image = Image.new("RGB", (width, height), tint)
+        d = ImageDraw.Draw(image)
+        step = (width - 20) / max(len(text), 1)
+        for i, ch in enumerate(text):
+            font = rng.choice(fonts)
+            colour = tuple(rng.randint(10, 120) for _ in range(3))
+            glyph = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
+            ImageDraw.Draw(glyph).text((8, 4), ch, font=font, fill=colour + (255,))
+            glyph = glyph.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR)
+            image.paste(glyph, (int(10 + i * step + rng.uniform(-3, 3)), int(rng.uniform(0, 14))), glyph)
+        for _ in range(rng.randint(2, 4)):  # interference lines across the text
+            points = [(rng.uniform(0, width), rng.uniform(0, height)) for _ in range(2)]
+            d.line(points, fill=tuple(rng.randint(40, 160) for _ in range(3)), width=rng.randint(1, 2))
+        for _ in range(rng.randint(80, 160)):  # dots
+            x, y = rng.uniform(0, width), rng.uniform(0, height)
+            d.point((x, y), fill=tuple(rng.randint(0, 200) for _ in range(3)))
+        return image.filter(ImageFilter.SMOOTH) if rng.random() < 0.5 else image
+
+    return draw
+
+
+STYLES: dict[str, Callable[[random.Random], Callable[[str], Image.Image]]] = {
+    "fonts": _fonts_style, "wheezy": _wheezy_style, "lines": _lines_style}
+
+
+def samples(style: str, seed: int, lengths: tuple[int, int] = (4, 6)) -> Iterator[tuple[str, Image.Image]]:
+    """Endless (mixed-case text, image) of `style` from `seed`."""
+    rng = random.Random(seed)
+    # The drawing libraries draw their randomness from `random`'s global state: seed it too.
+    random.seed(seed)
+    draw = STYLES[style](rng)
+    while True:
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*lengths)))
+        yield text, draw(text)
+
+
+def write_folder(out: Path, style: str, count: int, seed: int, lengths: tuple[int, int] = (4, 6)) -> list[Path]:
+    """`count` captchas of `style` as <text>_<index>.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (text, image) in zip(range(count), samples(style, seed, lengths)):
+        path = out / f"{text}_{i:05d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
