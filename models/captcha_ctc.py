@@ -29,7 +29,7 @@ from torch import nn
 from models.captcha_common import (CHARSET, NUM_CHARS, CaptchaReading, Constraints, ConvColumns, char_reading,
                                    constraints_per_item, decode_label, init_gru)
 from models.captcha_o0 import INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, cut_windows
-from models.ctc import BLANK, greedy_runs  # output 0 is the blank; output k is CHARSET[k - 1]
+from models.ctc import BLANK, greedy_runs, text_probability  # output 0 is the blank; output k is CHARSET[k - 1]
 
 
 
@@ -280,11 +280,6 @@ def read_ctc(logits: torch.Tensor, runs: list[list[tuple[int, list[int]]]] | Non
                 top.columns = (weights / weights.sum().clamp_min(1e-12)).tolist()
             chars.append(top)
         text = "".join(c.char for c in chars)
-        if chars:
-            target = torch.tensor([[CHARSET.index(c) + 1 for c in text]])
-            nll = F.ctc_loss(log_probs[:, i:i + 1], target, torch.tensor([t]), torch.tensor([len(text)]),
-                             blank=BLANK, reduction="sum", zero_infinity=True)
-        else:  # the empty string: every column blank
-            nll = -log_probs[:, i, BLANK].sum()
-        readings.append(CaptchaReading(text, float(torch.exp(-nll)), chars))
+        readings.append(CaptchaReading(text, text_probability(log_probs[:, i], [CHARSET.index(c) for c in text]),
+                                       chars))
     return readings

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.ctc import BLANK, greedy_runs  # output 0 is the blank; output k is the digit k - 1
+from models.ctc import greedy_runs, padded_ctc_loss, text_probability  # output 0 is the blank; output k is the digit k - 1
 
 NUM_DIGITS = 10
 
@@ -117,11 +117,8 @@ class NumberReader(nn.Module):
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """outputs from forward; targets (B, L) digits 0..9, padded with -1."""
-        logits, lengths = outputs
-        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, 11)
-        # (fit hands outputs over as fp32: the lengths too)
-        return F.ctc_loss(log_probs, targets.clamp_min(0) + 1, lengths.long(), (targets >= 0).sum(1).cpu(), blank=BLANK,
-                          zero_infinity=True)
+        logits, lengths = outputs  # (fit hands outputs over as fp32: the lengths too)
+        return padded_ctc_loss(logits, lengths, targets)
 
     @torch.inference_mode()
     def read(self, x: torch.Tensor, widths: torch.Tensor | None = None, spans: bool = False) -> list[NumberReading]:
@@ -200,12 +197,6 @@ def read_number(logits: torch.Tensor, lengths: torch.Tensor) -> list[NumberReadi
             digits.append(DigitRun(k, cols, float(p[col, k + 1]),
                                    [(int(d), float(q)) for q, d in zip(top.values, top.indices)]))
         text = "".join(str(d.digit) for d in digits)
-        lp = log_probs[i, :length].unsqueeze(1)  # (T_i, 1, 11)
-        if digits:
-            target = torch.tensor([[d.digit + 1 for d in digits]])
-            nll = F.ctc_loss(lp, target, torch.tensor([length]), torch.tensor([len(digits)]), blank=BLANK,
-                             reduction="sum", zero_infinity=True)
-        else:
-            nll = -lp[:, 0, BLANK].sum()
-        readings.append(NumberReading(text, float(torch.exp(-nll)), digits))
+        readings.append(NumberReading(text, text_probability(log_probs[i, :length], [d.digit for d in digits]),
+                                      digits))
     return readings

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from models.captcha_common import CHARSET, Constraints, score_texts, with_answers
 from models.captcha_ctc import CaptchaCTC
-from models.ctc import BLANK
+from models.ctc import padded_ctc_loss
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device
 from models.preprocess import captcha_pixels, to_captcha_tensor
@@ -109,11 +108,7 @@ def encode(labels: list[str]) -> np.ndarray:
 
 def ctc_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """logits (B, T, 37); targets (B, L) class indices padded with -1: labels of any length."""
-    log_probs = logits.float().log_softmax(-1).transpose(0, 1)
-    b, t = logits.shape[:2]
-    lengths = (targets >= 0).sum(1)
-    return F.ctc_loss(log_probs, targets.clamp_min(0) + 1, torch.full((b,), t, dtype=torch.long), lengths.cpu(),
-                      blank=BLANK, zero_infinity=True)
+    return padded_ctc_loss(logits, torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long), targets)
 
 
 class FolderBatches(ShuffledSource):
