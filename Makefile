@@ -11,7 +11,7 @@ SHELL  := /bin/bash
 # pip on this kind of machine lists its local mirrors noisily; keep real errors visible.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: setup run test docker-test clean
+.PHONY: setup run test docker-test fonts clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ test: setup
 # DOCKER_TEST_ARGS: the script's own (--no-build, --load-seconds 30, --scale-seconds 60, ...).
 docker-test: setup
 	$(PY) deploy/docker_test.py $(DOCKER_TEST_ARGS)
+
+# The Debian font packages training/captcha_mix.py draws the general captcha reader's mix from
+# (training only: the tests and the service need none of them).
+FONTS := fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
+         fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted \
+         fonts-comic-neue fonts-lato fonts-noto-mono fonts-texgyre
+fonts:
+	apt-get install -y --no-install-recommends $(FONTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
