@@ -45,6 +45,9 @@ class CaptchaCTCConfig:
     # The o/0 glyph net's config (an O0GlyphConfig as a dict, its `mix` fitted for this reader);
     # None = the reader alone. Used by `read(x, full=...)`.
     o0: dict | None = None
+    # Calibration: the answer's confidences come from the log-probabilities divided by this
+    # (fitted on validation captchas by training/captcha_calibrate.py); the decoding ignores it.
+    temperature: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +104,15 @@ class CaptchaCTC(nn.Module):
         for the batch or one per item (None: none): decoded under them (see the module doc);
         the glyph net only decides o against 0 where the item's charset allows both."""
         items = constraints_per_item(constraints, x.shape[0])
+        log_probs, runs = self.answer(x, full, items)
+        masks = None if all(c.allowed is None for c in items) else [c.mask() for c in items]
+        return read_ctc(log_probs, runs, explain=explain, allowed=masks, temperature=self.config.temperature)
+
+    @torch.inference_mode()
+    def answer(self, x: torch.Tensor, full: torch.Tensor | None, items: Sequence[Constraints],
+               ) -> tuple[torch.Tensor, list[list[tuple[int, list[int]]]]]:
+        """What `read` decides, before any confidence: (log-probabilities (B, T, 37) under the
+        constraints, the o/0 glyph net's split applied; per item its runs (character, columns))."""
         for c in items:
             self.check_constraints(c)
         log_probs = constrained_log_probs(self(x), items)  # (B, T, 37)
@@ -108,8 +120,7 @@ class CaptchaCTC(nn.Module):
         if self.o0 is not None and full is not None:
             allow = [c.allows("o") and c.allows("0") for c in items]
             log_probs, runs = self.refine_o0(log_probs, full.to(x.device), runs=runs, allow=allow)
-        masks = None if all(c.allowed is None for c in items) else [c.mask() for c in items]
-        return read_ctc(log_probs, runs, explain=explain, allowed=masks)
+        return log_probs, runs
 
     @torch.inference_mode()
     def o0_candidates(self, logits: torch.Tensor, full_width: int, runs: list[list[tuple[int, list[int]]]] | None = None,
@@ -253,19 +264,21 @@ def decode_runs(log_probs: torch.Tensor, constraints: Constraints) -> list[tuple
 
 
 def read_ctc(logits: torch.Tensor, runs: list[list[tuple[int, list[int]]]] | None = None,
-             explain: bool = False, allowed: Sequence[torch.Tensor] | None = None) -> list[CaptchaReading]:
+             explain: bool = False, allowed: Sequence[torch.Tensor] | None = None,
+             temperature: float = 1.0) -> list[CaptchaReading]:
     """logits (B, T, 37) -> readings. A character's confidence and top-3 come from the column
     of its run where it is most likely (blank excluded, renormalised over the 36 characters
     for the top-3). The string's confidence is the CTC probability of the decoded text, i.e.
     summed over every column alignment that spells it. `runs` (per item: (character, its
     columns)) replaces the greedy decoding of `logits` (the o/0 glyph net's decisions, or a
     constrained decoding); `allowed` (per item a (36,) bool mask) keeps the top-3 to a charset
-    (the logits then already give the other characters nothing)."""
-    probs = logits.float().softmax(-1)  # (B, T, 37)
+    (the logits then already give the other characters nothing). `temperature` divides the
+    logits for the probabilities only: the runs (the answer) are decided before it."""
+    if runs is None:
+        runs = [greedy_runs(row) for row in logits.argmax(-1).tolist()]
+    probs = (logits.float() / temperature).softmax(-1)  # (B, T, 37)
     log_probs = probs.clamp_min(1e-30).log().transpose(0, 1)  # (T, B, 37)
     b, t = logits.shape[:2]
-    if runs is None:
-        runs = [greedy_runs(row) for row in probs.argmax(-1).tolist()]
     readings = []
     for i, item_runs in enumerate(runs):
         chars = []

@@ -1,0 +1,133 @@
+"""Calibrate a CTC captcha reader's confidence: fit the temperature its answers' probabilities are
+computed at, so that a confidence of 0.9 means about nine in ten such answers are right, on its
+own style and on styles it reads badly alike (the answer itself does not change).
+
+    python -m training.captcha_calibrate models/weights/captcha_ctc.json            # figures only
+    python -m training.captcha_calibrate models/weights/captcha_ctc.json --write    # and store it
+
+The calibration captchas: `--count` per family of the generator mix's training families
+(training/captcha_mix.py, seeds of their own: CALIBRATION_SEED + k, never the bench's or the
+validation's), 4-6 characters, read as the service reads them. The held-out families are never
+used, so the bench's zero-shot rows also test the calibration. The fit minimises the negative
+log-likelihood of "the answer is right" under the answer's confidence (a grid over T).
+`--write` sets `architecture.temperature` and `metrics.calibration` in the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.captcha_common import CHARSET, NO_CONSTRAINTS
+from models.checkpoint import load_checkpoint
+from models.preprocess import prepare_captcha
+from training.captcha_mix import TRAIN_FAMILIES, samples
+
+CALIBRATION_SEED = 700_000
+GRID = np.round(np.exp(np.linspace(np.log(0.5), np.log(8.0), 57)), 3)
+SURE = 0.9  # what a caller takes as a reading rather than a guess
+
+
+def calibration_set(model, manifest, count: int, lengths=(4, 6)) -> dict[str, tuple[torch.Tensor, list, list[bool]]]:
+    """Per family: (log-probabilities (N, T, 37) the answers were decided on, the answers' class
+    indices, whether each answer is right)."""
+    sets = {}
+    for k, family in enumerate(TRAIN_FAMILIES):
+        xs, fulls, truth = [], [], []
+        for _, (text, image) in zip(range(count), samples(family, CALIBRATION_SEED + k, lengths=lengths)):
+            x, full = prepare_captcha(image, manifest.input)
+            xs.append(x)
+            fulls.append(full)
+            truth.append(text.lower())
+        x = torch.cat(xs)
+        full = torch.cat(fulls) if fulls[0] is not None else None
+        log_probs, runs = model.answer(x, full, [NO_CONSTRAINTS] * len(xs))
+        answers = [[k for k, _ in item] for item in runs]
+        right = ["".join(CHARSET[i] for i in a) == t for a, t in zip(answers, truth)]
+        sets[family] = (log_probs, answers, right)
+    return sets
+
+
+def confidences(log_probs: torch.Tensor, answers: list[list[int]], temperature: float) -> np.ndarray:
+    """The CTC probability of each answer (summed over its alignments) at `temperature`: (N,)."""
+    lp = (log_probs.float() / temperature).log_softmax(-1).transpose(0, 1)  # (T, N, 37)
+    n, t = log_probs.shape[0], log_probs.shape[1]
+    targets = torch.tensor([k + 1 for a in answers for k in a] or [1], dtype=torch.long)
+    lengths = torch.tensor([len(a) for a in answers])
+    nll = F.ctc_loss(lp, targets, torch.full((n,), t), lengths, blank=0, reduction="none", zero_infinity=True)
+    empty = lengths == 0  # an empty answer: every column blank
+    if empty.any():
+        nll[empty] = -lp[:, empty, 0].sum(0)
+    return torch.exp(-nll).numpy()
+
+
+def figures(sets: dict, temperature: float) -> dict[str, dict]:
+    out = {}
+    for family, (log_probs, answers, right) in sets.items():
+        c = confidences(log_probs, answers, temperature)
+        ok = np.array(right)
+        sure = c >= SURE
+        out[family] = {"accuracy": round(float(ok.mean()), 4), "sure_share": round(float(sure.mean()), 4),
+                       "sure_accuracy": round(float(ok[sure].mean()), 4) if sure.any() else None,
+                       "wrong_and_sure": round(float((sure & ~ok).mean()), 4)}
+    return out
+
+
+def fit_temperature(sets: dict) -> tuple[float, list[tuple[float, float]]]:
+    """The grid temperature with the least mean binary NLL of right/wrong under the confidence,
+    each family weighing the same."""
+    curve = []
+    for t in GRID:
+        losses = []
+        for log_probs, answers, right in sets.values():
+            c = np.clip(confidences(log_probs, answers, float(t)), 1e-6, 1 - 1e-6)
+            ok = np.array(right, dtype=np.float64)
+            losses.append(float(-(ok * np.log(c) + (1 - ok) * np.log(1 - c)).mean()))
+        curve.append((float(t), float(np.mean(losses))))
+    best = min(curve, key=lambda p: p[1])[0]
+    return best, curve
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest")
+    parser.add_argument("--count", type=int, default=300, help="calibration captchas per family")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="store the temperature in the manifest")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = Path(args.manifest)
+    model, manifest = load_checkpoint(path, "cpu")
+    if manifest.variant != "ctc":
+        raise SystemExit(f"{path}: calibration is for the CTC readers, not {manifest.variant}")
+    sets = calibration_set(model, manifest, args.count)
+    before = figures(sets, 1.0)
+    temperature, _ = fit_temperature(sets)
+    after = figures(sets, temperature)
+    print(f"{manifest.name}: temperature {temperature} (was {model.config.temperature})")
+    print(f"| family | accuracy | >= {SURE} before | wrong & >= {SURE} before | >= {SURE} after | wrong & >= {SURE} after |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for family in sets:
+        b, a = before[family], after[family]
+        print(f"| {family} | {b['accuracy']:.2%} | {b['sure_share']:.2%} | {b['wrong_and_sure']:.2%} | "
+              f"{a['sure_share']:.2%} | {a['wrong_and_sure']:.2%} |")
+    result = {"temperature": temperature, "families": list(sets), "per_family": args.count,
+              "seed": CALIBRATION_SEED, "lengths": "4-6", "objective": "binary NLL of right/wrong, families equal",
+              "after": after, "before": before}
+    if args.write:
+        data = json.loads(path.read_text())
+        data["architecture"]["temperature"] = temperature
+        data["metrics"]["calibration"] = result
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote the temperature into {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
