@@ -33,11 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SEED, TEST_SEED = 1_000, 2_000  # + the style's index
 
 
-def run_finetune(folder: Path, out: Path, name: str, minutes: float, scratch: bool) -> tuple[Path, float]:
+def run_finetune(folder: Path, out: Path, name: str, minutes: float, scratch: bool,
+                 init: str | None = None) -> tuple[Path, float]:
     cmd = [sys.executable, "-m", "training.captcha", "finetune", "--folder", str(folder), "--name", name,
            "--minutes", str(minutes), "--out", str(out), "--threads", "1", "--no-progress"]
     if scratch:
         cmd += ["--scratch", "--lr", "3e-3"]
+    if init:
+        cmd += ["--init", init]
     started = time.perf_counter()
     log = out / f"{name}.log"
     with open(log, "w") as f:
@@ -68,6 +71,9 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "data" / "finetune_bench"))
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time (one CPU thread each)")
     parser.add_argument("--save", help="write the figures as JSON (for bench/readme_tables.py)")
+    parser.add_argument("--starts", nargs="+", default=["ctc"], choices=["ctc", "general"],
+                        help="shipped readers to fine-tune from (general: models/weights/captcha_general.json)")
+    parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch runs")
     args = parser.parse_args()
 
     work = Path(args.work)
@@ -78,36 +84,40 @@ def main() -> None:
             write_folder(folder, style, args.train, TRAIN_SEED + k)
         test = [s for _, s in zip(range(args.test), samples(style, TEST_SEED + k))]
         tests[style] = ([t.lower() for t, _ in test], [img for _, img in test])
-        for scratch in (False, True):
-            jobs.append((style, folder, work / style, f"{style}_{'scratch' if scratch else 'finetuned'}", scratch))
+        for start in args.starts:  # row "finetuned" (from ctc) or "finetuned_from_general"
+            key = "finetuned" if start == "ctc" else f"finetuned_from_{start}"
+            init = str(ROOT / "models" / "weights" / f"captcha_{start}.json")
+            jobs.append((style, folder, work / style, f"{style}_{key}", False, init, key))
+        if not args.no_scratch:
+            jobs.append((style, folder, work / style, f"{style}_scratch", True, None, "scratch"))
     print(f"{len(jobs)} trainings of {args.minutes:g} min, {args.parallel} at a time", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
-        trained = list(pool.map(lambda j: (j, run_finetune(j[1], j[2], j[3], args.minutes, j[4])), jobs))
+        trained = list(pool.map(lambda j: (j, run_finetune(j[1], j[2], j[3], args.minutes, j[4], j[5])), jobs))
 
     shipped, _ = load_checkpoint(ROOT / "models" / "weights" / "captcha_ctc.json")
     results = {"minutes_budget": args.minutes, "train": args.train, "test": args.test, "cpus": os.cpu_count(),
-               "parallel": args.parallel, "started_from": "captcha_ctc", "styles": {}}
+               "parallel": args.parallel, "started_from": [f"captcha_{s}" for s in args.starts], "styles": {}}
     for style in args.styles:
         truth, images = tests[style]
         row: dict = {"samples": len(truth)}
         pixels = np.stack([captcha_pixels(img) for img in images])
         row["shipped_ctc"] = accuracy(read_texts(shipped, pixels, "cpu"), truth)
-        for (s, _, _, name, scratch), (json_path, seconds) in trained:
+        for (s, _, _, name, scratch, _, key), (json_path, seconds) in trained:
             if s != style:
                 continue
             model, manifest = load_checkpoint(json_path)
-            figures = accuracy(read_texts(model, pixels, "cpu", manifest.answers), truth)
+            size = (manifest.input["height"], manifest.input["width"])
+            own = pixels if size == pixels.shape[1:] else np.stack([captcha_pixels(img, *size) for img in images])
+            figures = accuracy(read_texts(model, own, "cpu", manifest.answers), truth)
             figures["minutes"] = round(manifest.training["seconds"] / 60, 2)
             figures["wall_minutes"] = round(seconds / 60, 2)
             figures["samples_seen"] = manifest.training["samples_seen"]
-            row["scratch" if scratch else "finetuned"] = figures
+            row[key] = figures
         texts, ms = ddddocr_texts(images)
         row["ddddocr"] = {**accuracy(texts, truth), "ms_per_image": round(ms, 1)}
         results["styles"][style] = row
-        print(f"{style}: fine-tuned {row['finetuned']['full_string_accuracy']:.1%} "
-              f"({row['finetuned']['minutes']:.1f} min) | from scratch {row['scratch']['full_string_accuracy']:.1%} | "
-              f"shipped {row['shipped_ctc']['full_string_accuracy']:.1%} | ddddocr {row['ddddocr']['full_string_accuracy']:.1%}",
-              flush=True)
+        print(f"{style}: " + " | ".join(f"{k} {v['full_string_accuracy']:.1%}" + (f" ({v['minutes']:.1f} min)" if "minutes" in v else "")
+                                        for k, v in row.items() if isinstance(v, dict)), flush=True)
     if args.save:
         Path(args.save).write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.save}")

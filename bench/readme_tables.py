@@ -316,20 +316,73 @@ def render_finetune() -> str:
     lines = [f"From {r['train']:,} labelled captchas of 4-6 characters per style (800 trained on, 200 held out by the "
              f"trainer), {r['minutes_budget']:g} minutes per run on one CPU thread, read on {r['test']:,} fresh ones "
              "(full string; per character in brackets):", "",
-             "| style | fine-tuned from `captcha_ctc` | minutes | same budget from scratch | shipped `ctc` as is | ddddocr |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| style | fine-tuned from `captcha_ctc` | minutes | fine-tuned from `captcha_general` | minutes | "
+             "same budget from scratch | shipped `ctc` as is | ddddocr |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for style, row in r["styles"].items():
         def cell(k):
-            return f"{row[k]['full_string_accuracy']:.1%} ({row[k]['char_accuracy']:.1%})"
-        best = max(("finetuned", "scratch", "ddddocr"), key=lambda k: row[k]["full_string_accuracy"])
-        cells = {k: (f"**{cell(k)}**" if k == best else cell(k)) for k in ("finetuned", "scratch", "shipped_ctc", "ddddocr")}
-        lines.append(f"| {STYLE_NAMES.get(style, style)} | {cells['finetuned']} | {row['finetuned']['minutes']:.1f} | "
+            return f"{row[k]['full_string_accuracy']:.1%} ({row[k]['char_accuracy']:.1%})" if k in row else "-"
+
+        def minutes(k):
+            return f"{row[k]['minutes']:.1f}" if k in row else "-"
+        runs = [k for k in ("finetuned", "finetuned_from_general", "scratch", "ddddocr") if k in row]
+        best = max(runs, key=lambda k: row[k]["full_string_accuracy"])
+        cells = {k: (f"**{cell(k)}**" if k == best else cell(k))
+                 for k in ("finetuned", "finetuned_from_general", "scratch", "shipped_ctc", "ddddocr")}
+        lines.append(f"| {STYLE_NAMES.get(style, style)} | {cells['finetuned']} | {minutes('finetuned')} | "
+                     f"{cells['finetuned_from_general']} | {minutes('finetuned_from_general')} | "
                      f"{cells['scratch']} | {cells['shipped_ctc']} | {cells['ddddocr']} |")
     return "\n".join(lines)
 
 
+GENERAL_RESULTS = ROOT / "bench" / "results" / "captcha_general.json"
+KIND_NAMES = {"seed": "the seed's generator", "mix": "in the training mix", "foreign": "fine-tuning bench style",
+              "zero-shot": "**held out** (zero-shot)"}
+
+
+def render_general() -> str:
+    """README: the general reader vs the seed-style reader vs ddddocr per style (bench/captcha_general.py --save)."""
+    if not GENERAL_RESULTS.is_file():
+        return "(not measured yet: run `.venv/bin/python bench/captcha_general.py --save bench/results/captcha_general.json`)"
+    r = json.loads(GENERAL_RESULTS.read_text())
+    readers = r["readers"]
+    general = readers.get("general", {})
+    lines = [f"{r['count']:,} fresh captchas per style, read one PNG at a time through the served path on "
+             f"{r['threads']} CPU thread(s); full string (per character in brackets); \"sure\": answers with "
+             f"confidence >= {r['sure']}, and the share of *all* answers that are sure and wrong "
+             f"(`general` at temperature {general.get('temperature', 1.0)}, `ctc` at "
+             f"{readers.get('ctc', {}).get('temperature', 1.0)}):", "",
+             "| style | kind | `general` | `ctc` (seed-style) | ddddocr | `general` sure / sure & wrong | "
+             "`ctc` sure / sure & wrong | ms per image (general / ctc / ddddocr) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    above, mix_ok, mix_total = 0, 0, 0
+    for name, row in r["styles"].items():
+        rd = row["readers"]
+
+        def cell(k):
+            if k not in rd:
+                return "-"
+            return f"{rd[k]['full_string_accuracy']:.1%} ({rd[k]['char_accuracy']:.1%})"
+
+        def sure(k):
+            return f"{rd[k]['sure_share']:.1%} / {rd[k]['wrong_and_sure']:.1%}" if k in rd and "sure_share" in rd[k] else "-"
+
+        ms = " / ".join(f"{rd[k]['ms_per_image']:.1f}" if k in rd else "-" for k in ("general", "ctc", "ddddocr"))
+        lines.append(f"| {name} | {KIND_NAMES.get(row['kind'], row['kind'])} | {cell('general')} | {cell('ctc')} | "
+                     f"{cell('ddddocr')} | {sure('general')} | {sure('ctc')} | {ms} |")
+        if "general" in rd and "ddddocr" in rd:
+            above += rd["general"]["full_string_accuracy"] > rd["ddddocr"]["full_string_accuracy"]
+        if row["kind"] == "mix" and "general" in rd:
+            mix_total += 1
+            mix_ok += rd["general"]["full_string_accuracy"] >= 0.95
+    styles = len(r["styles"])
+    lines += ["", f"`general` reads above ddddocr on **{above} of {styles}** styles and at >= 95% on **{mix_ok} of "
+                  f"{mix_total}** styles of its training mix (the goal: all of them)."]
+    return "\n".join(lines)
+
+
 BLOCKS = {"model-table": render, "captcha-results": render_captcha, "number-results": render_number,
-          "captcha-finetune": render_finetune, "load-summary": render_load_summary}
+          "captcha-finetune": render_finetune, "captcha-general": render_general, "load-summary": render_load_summary}
 DOCS_BLOCKS = {"load-bench": render_load_full}  # docs/serving.md
 
 

@@ -38,8 +38,10 @@ class CaptchaCharacter(BaseModel):
 
 class CaptchaPrediction(BaseModel):
     text: str = Field(..., description="the answer, lower case (reading is case-insensitive)", examples=["3fk9"])
-    confidence: float = Field(..., description="probability of the whole string", examples=[0.97])
-    model: str = Field(..., description="the variant that answered: ctc or seq2seq", examples=["ctc"])
+    confidence: float = Field(..., description="probability of the whole string (calibrated: readers with a fitted "
+                                               "temperature mean about 9 in 10 right at 0.9)", examples=[0.97])
+    model: str = Field(..., description="the reader that answered: ctc, seq2seq, general or a served name",
+                       examples=["ctc"])
     characters: list[CaptchaCharacter]
 
 
@@ -101,12 +103,15 @@ def upload_columns(columns: list[float], reader_width: int, upload_width: int) -
     response_model_exclude_none=True,
     responses=UPLOAD_ERRORS,
     openapi_extra=upload_body(SINGLE_UPLOAD),
-    summary="Read a 4-character captcha (0-9, a-z, case-insensitive) with a CNN-to-sequence model",
+    summary="Read a captcha (0-9, a-z, case-insensitive) with a CNN-to-sequence model",
 )
 async def predict_captcha(
     request: Request,
     services: ServicesDep,
-    model: Annotated[str | None, Query(description="ctc | seq2seq (default: the most accurate)")] = None,
+    model: Annotated[str | None, Query(description="ctc | seq2seq: the seed-style readers (4 characters of the "
+                                               "demo's generator; default: the most accurate of them) | general: "
+                                               "many styles, 1-8 characters | a reader you trained (GET /models "
+                                               "lists what is served)")] = None,
     explain: Annotated[bool, Query(description="add each character's span and weights over the upload's "
                                                "columns: where it was read")] = False,
     length: Annotated[int | None, Query(

@@ -1,0 +1,94 @@
+"""The general captcha reader's pipeline: shards -> trainer -> a manifest served as model=general
+beside the seed-style reader (which stays the default), chunks that add up across --init, and
+a calibration temperature that changes confidences but never answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import WEIGHTS_DIR
+from models.captcha_common import NO_CONSTRAINTS
+from models.checkpoint import load_checkpoint
+from models.preprocess import prepare_captcha
+from testkit import png_bytes
+from training.captcha_data import CaptchaGenerator
+from training.captcha_mix import render_shard
+
+
+def seed_captchas(count: int, seed: int = 31):
+    gen = CaptchaGenerator(seed)
+    return [gen.sample() for _ in range(count)]
+
+
+def test_temperature_changes_confidences_not_answers():
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "captcha_ctc.json")
+    items = seed_captchas(12) + [(t, im) for t, im in seed_captchas(4, seed=32)]
+    xs, fulls = zip(*(prepare_captcha(im, manifest.input) for _, im in items))
+    x, full = torch.cat(xs), torch.cat(fulls)
+    model.config.temperature = 1.0
+    plain = model.read(x, full=full)
+    model.config.temperature = 2.5
+    warm = model.read(x, full=full)
+    assert [r.text for r in warm] == [r.text for r in plain]
+    assert all(w.confidence <= p.confidence + 1e-6 for w, p in zip(warm, plain))
+    assert np.mean([r.confidence for r in warm]) < np.mean([r.confidence for r in plain]) - 0.01
+    # and the constrained decoding reads the same under any temperature
+    model.config.temperature = 1.0
+    log_probs, runs = model.answer(x, full, [NO_CONSTRAINTS] * len(items))
+    model.config.temperature = 3.0
+    assert model.answer(x, full, [NO_CONSTRAINTS] * len(items))[1] == runs
+
+
+def test_calibration_cools_an_overconfident_reader_on_foreign_styles(tmp_path):
+    from training.captcha_calibrate import figures, fit_temperature, calibration_set
+
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "captcha_ctc.json")
+    sets = calibration_set(model, manifest, count=25)
+    temperature, curve = fit_temperature(sets)
+    losses = dict(curve)
+    assert temperature > 1.0 and losses[temperature] < losses[min(losses, key=lambda t: abs(t - 1.0))]
+    before, after = figures(sets, 1.0), figures(sets, temperature)
+    assert sum(f["wrong_and_sure"] for f in after.values()) <= sum(f["wrong_and_sure"] for f in before.values())
+    assert after["seed"]["accuracy"] == before["seed"]["accuracy"]  # the answers are the same
+
+
+def test_general_trainer_exports_a_reader_served_beside_the_default(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+    from training.captcha_general import main
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    render_shard(shards / "shard_000001.npz", {"seed": 40, "pil_warp": 24}, seed=1)
+    models = tmp_path / "models"
+    common = ["--shards", str(shards), "--val-dir", str(tmp_path / "val"), "--val-count", "6", "--epochs", "4",
+              "--samples", "64", "--batch-size", "16", "--threads", "1", "--no-progress", "--out", str(models)]
+    first = main(common)
+    manifest = json.loads(first.read_text())
+    assert manifest["name"] == "captcha_general" and manifest["input"]["height"] == 48
+    assert "full_string_accuracy" not in manifest["metrics"]  # never ranks as the default reader
+    assert set(manifest["metrics"]["validation_per_family"]) >= {"seed", "multicolor", "claptcha"}
+    assert manifest["training"]["chunks"][0]["samples_seen"] == 64
+    again = json.loads(main(common + ["--init", str(first)]).read_text())
+    assert [c["samples_seen"] for c in again["training"]["chunks"]] == [64, 64]
+    assert again["training"]["total_samples_seen"] == 128
+
+    for suffix in (".json", ".safetensors"):
+        (models / f"captcha_ctc{suffix}").symlink_to(WEIGHTS_DIR / f"captcha_ctc{suffix}")
+    text, image = seed_captchas(1)[0]
+    app = create_app(Settings(models_dir=models, device="cpu", models_watch_s=0))
+    with TestClient(app) as client:
+        assert sorted(client.get("/readyz").json()["models"]["captcha"]) == ["ctc", "general"]
+        general = client.post("/predict/captcha?model=general", files={"file": ("c.png", png_bytes(image), "image/png")})
+        assert general.status_code == 200 and general.json()["model"] == "general"
+        default = client.post("/predict/captcha", files={"file": ("c.png", png_bytes(image), "image/png")})
+        assert default.status_code == 200 and default.json()["model"] == "ctc" and default.json()["text"] == text.lower()
+        # any length up to 8 can be asked of it: 40 columns
+        five = client.post("/predict/captcha?model=general&length=7", files={"file": ("c.png", png_bytes(image), "image/png")})
+        assert five.status_code == 200 and len(five.json()["text"]) == 7

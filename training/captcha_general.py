@@ -1,0 +1,161 @@
+"""Train the general captcha reader (served as model=general): the CTC reader of
+models/captcha_ctc.py at 48x160 on the generator mix of training/captcha_mix.py, 1-8
+characters, read case-insensitively. Trains from pre-rendered shards, in resumable chunks.
+
+    python -m training.captcha_mix shards --out /work/runs/general/shards --count 300000 --seed 100 --workers 2
+    python -m training.captcha_general --shards /work/runs/general/shards --minutes 90 --threads 2 \\
+        --snapshot --out /work/runs/general
+    python -m training.captcha_general --shards ... --resume /work/runs/general/snapshots --minutes 60 --out ...
+    python -m training.captcha_general --shards ... --init models/weights/captcha_general.json --minutes 60 ...
+
+Validation: 400 captchas per family from seeds training never uses (the held-out families are
+reported as zero-shot, never used to pick weights). Writes <out>/captcha_general.* ; every
+chunk's samples and seconds go into the manifest's `training.chunks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.captcha_common import CHARSET, score_texts
+from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig, read_ctc
+from models.checkpoint import load_checkpoint
+from models.device import resolve_device
+from models.preprocess import to_captcha_tensor
+from training.captcha_finetune import ctc_loss
+from training.captcha_lib import ArraySource, ReaderBatches
+from training.captcha_mix import (HEIGHT, HELD_OUT_FAMILIES, MAX_LENGTH, TRAIN_FAMILIES, WIDTH,
+                                  load_shards, render_shard)
+from training.common import add_common_args, seed_everything
+from training.export import build_manifest, export, training_section
+from training.loop import fit, settings_from_args
+
+NAME = "captcha_general"
+VAL_SEED = 900_000  # validation captchas: family k from VAL_SEED + k (shards use 100..)
+VAL_PER_FAMILY = 400
+CONTRACT = {
+    "height": HEIGHT, "width": WIDTH, "channels": 1, "mode": "grayscale (PIL 'L'); transparent pixels composited on white",
+    "resize": f"PIL bilinear (antialiased) from any size to {WIDTH}x{HEIGHT}",
+    "normalize": "per image: (x - mean) / max(std, 1) over its 0..255 grey levels",
+    "layout": f"read column by column: {WIDTH // 4} columns of 4 px",
+}
+
+
+def default_config() -> CaptchaCTCConfig:
+    return CaptchaCTCConfig(height=HEIGHT, width=WIDTH, channels=[32, 64, 128, 160], hidden_size=160, num_layers=2,
+                            dropout=0.1)
+
+
+def validation_sets(folder: Path, per_family: int = VAL_PER_FAMILY) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Per family (training and held-out): (uint8 pixels (N, H, W), lower-case texts), rendered
+    once into `folder` and read from there after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sets = {}
+    for k, family in enumerate(TRAIN_FAMILIES + HELD_OUT_FAMILIES):
+        path = folder / f"val_{family}_{per_family}.npz"
+        if not path.exists():
+            render_shard(path, {family: per_family}, VAL_SEED + k)
+        data = np.load(path)
+        texts = ["".join(CHARSET[int(c)] for c in row if c >= 0) for row in data["y"]]
+        sets[family] = (data["x"], texts)
+    return sets
+
+
+@torch.inference_mode()
+def read_pixels(model: CaptchaCTC, pixels: np.ndarray, device, batch_size: int = 256) -> tuple[list[str], list[float]]:
+    """uint8 (N, H, W) -> (texts, confidences) as the service reads them (no constraints)."""
+    model.eval()
+    texts, confidences = [], []
+    for k in range(0, len(pixels), batch_size):
+        x = to_captcha_tensor(pixels[k:k + batch_size]).to(device)
+        for r in read_ctc(model(x)):
+            texts.append(r.text)
+            confidences.append(r.confidence)
+    return texts, confidences
+
+
+def family_figures(model: CaptchaCTC, sets: dict, device) -> dict[str, dict]:
+    figures = {}
+    for family, (pixels, truth) in sets.items():
+        predicted, _ = read_pixels(model, pixels, device)
+        figures[family] = {k: round(v, 5) for k, v in score_texts(predicted, truth).items()}
+    return figures
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", required=True, help="a folder of training shards (training.captcha_mix shards)")
+    parser.add_argument("--init", metavar="MANIFEST", help="start from an exported general reader's weights")
+    parser.add_argument("--val-dir", help="where the validation captchas are cached (default <out>/val)")
+    parser.add_argument("--val-count", type=int, default=VAL_PER_FAMILY, help="validation captchas per family")
+    add_common_args(parser, epochs=100, lr=1e-3, batch_size=64, weight_decay=1e-2, clip=5.0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    init_manifest = None
+    if args.init:
+        model, init_manifest = load_checkpoint(args.init, device)
+    else:
+        model = CaptchaCTC(default_config()).to(device)
+    x, y, fam = load_shards(Path(args.shards))
+    print(f"{NAME}: {model.describe()} | {model.num_parameters():,} parameters | {len(x):,} training captchas "
+          f"from {len(list(Path(args.shards).glob('shard_*.npz')))} shards | device {device}", flush=True)
+    sets = validation_sets(Path(args.val_dir or Path(args.out) / "val"), args.val_count)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    source = ReaderBatches(ArraySource(x, y.astype(np.int64), args.batch_size, gen), gen, augment=True, device=device)
+    steps = max(1, len(x) // args.batch_size // 4)  # an "epoch" = a quarter pass: a validation point every ~15k
+    settings = settings_from_args(args, steps, args.out)
+
+    def evaluate() -> dict:
+        figures = family_figures(model, {f: sets[f] for f in TRAIN_FAMILIES}, device)
+        out = {f"val_{f}": figures[f]["full_string_accuracy"] for f in TRAIN_FAMILIES}
+        out["val_full_string_accuracy"] = round(float(np.mean(list(out.values()))), 5)  # picks the weights
+        return out
+
+    result = fit(model, source, ctc_loss, settings=settings, evaluate=evaluate)
+    figures = family_figures(model, sets, device)
+    for family, f in figures.items():
+        tag = " (zero-shot)" if family in HELD_OUT_FAMILIES else ""
+        print(f"{family:14s} {f['full_string_accuracy']:.2%} full string, {f['char_accuracy']:.2%} per char{tag}",
+              flush=True)
+    metrics = {
+        # Not `full_string_accuracy`: that ranks the seed-style readers for the default reader
+        # (app.registry), and this one must not take the page's seed captchas over.
+        "validation_per_family": figures, "validation_per_family_count": args.val_count, "validation_seed": VAL_SEED,
+        "mix_full_string_accuracy": round(float(np.mean([figures[f]["full_string_accuracy"] for f in TRAIN_FAMILIES])), 5),
+        "zero_shot_families": list(HELD_OUT_FAMILIES),
+    }
+    training = training_section(result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
+                                shards=len(x), families=list(TRAIN_FAMILIES), lengths=f"1-{MAX_LENGTH}",
+                                augmentation="random shift +-3/2 px and scale 0.93-1.07 per batch item")
+    chunk = {"samples_seen": result.samples, "seconds": result.seconds, "device": str(device)}
+    if init_manifest is not None:
+        chunks = list(init_manifest.training.get("chunks", [])) or [
+            {k: init_manifest.training.get(k) for k in ("samples_seen", "seconds")}]
+        training["chunks"] = chunks + [chunk]
+        training["total_samples_seen"] = sum(c.get("samples_seen") or 0 for c in training["chunks"])
+        training["total_seconds"] = round(sum(c.get("seconds") or 0 for c in training["chunks"]), 1)
+    else:
+        training["chunks"] = [chunk]
+    manifest = build_manifest(model, task="captcha", variant="ctc", input=CONTRACT, metrics=metrics, training=training,
+                              charset=CHARSET, case_insensitive=True, length=f"1-{MAX_LENGTH}",
+                              outputs="CTC: 37 per column, 0 = blank, k = charset[k-1]; greedy: argmax, merge repeats, drop blanks",
+                              generator="the mix of training/captcha_mix.py: " + ", ".join(TRAIN_FAMILIES) +
+                                        f"; held out: {', '.join(HELD_OUT_FAMILIES)}",
+                              description="general captcha reader (many styles, 1-8 characters): " + model.describe())
+    json_path = export(model, manifest, args.out, NAME,
+                       curve=(f"{NAME}: the generator mix", [("train_loss", "train CTC loss"),
+                                                            ("val_full_string_accuracy", "validation, mean over families")]))
+    print(f"wrote {json_path}", flush=True)
+    return json_path
+
+
+if __name__ == "__main__":
+    main()
