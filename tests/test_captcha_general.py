@@ -72,6 +72,7 @@ def test_general_trainer_exports_a_reader_served_beside_the_default(tmp_path):
     first = main(common)
     manifest = json.loads(first.read_text())
     assert manifest["name"] == "captcha_general" and manifest["input"]["height"] == 48
+    assert manifest.get("length") is None and manifest["training"]["lengths"] == "1-8"  # any length
     assert "full_string_accuracy" not in manifest["metrics"]  # never ranks as the default reader
     assert set(manifest["metrics"]["validation_per_family"]) >= {"seed", "multicolor", "claptcha"}
     assert manifest["training"]["chunks"][0]["samples_seen"] == 64

@@ -303,8 +303,8 @@ FAMILIES: dict[str, Callable[[random.Random], Draw]] = {
 def samples(family: str, seed: int, lengths: dict[int, float] | tuple[int, int] | None = None,
             ) -> Iterator[tuple[str, Image.Image]]:
     """Endless (drawn text, image) of `family` from `seed`. `lengths`: weights per length, or a
-    (lo, hi) range drawn uniformly; default LENGTH_WEIGHTS (the seed family: 4 as on the demo
-    page when a range isn't given? no: the same weights)."""
+    (lo, hi) range drawn uniformly; default LENGTH_WEIGHTS. The multicolor family draws its own
+    4-character texts and ignores `lengths`."""
     rng = random.Random(f"{family}/{seed}")
     random.seed(f"{family}/{seed}/global")  # wheezy and the others draw from `random` too
     draw = FAMILIES[family](rng)
