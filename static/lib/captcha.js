@@ -1,15 +1,15 @@
 // The captcha panel: upload (picker or drag-and-drop) or fetch a fresh captcha, decode it,
 // show each character's confidence with its top-3 on hover/focus, and where on the image it
 // was read (`explain=true`: a band over its span and a curve of its column weights); switch
-// between every served reader (ctc, seq2seq, then readers fine-tuned on the user's own captchas);
+// between every served reader (ctc, seq2seq, general, then readers fine-tuned on the user's own captchas);
 // ask for an exact length and a set of characters (`length=`, `charset=`: decoded under them).
 
 import { ApiError, dataUrlToBlob, getJSON, postFiles } from "./api.js";
 import { $, el, label, markUnavailable, pct, pctNice, setPanelState, showError } from "./ui.js";
 
-const ORDER = ["ctc", "seq2seq"]; // the shipped readers first, then the others A-Z
+const ORDER = ["ctc", "seq2seq", "general"]; // the shipped readers first, then the others A-Z
 
-/** Served captcha readers: ctc, seq2seq, then the rest (user-trained readers) alphabetically. */
+/** Served captcha readers: ctc, seq2seq, general, then the rest (user-trained readers) alphabetically. */
 export function orderReaders(names) {
   const rank = (v) => (ORDER.includes(v) ? ORDER.indexOf(v) : ORDER.length);
   return [...names].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b, "en", { sensitivity: "base" }) || (a < b ? -1 : 1));
@@ -57,6 +57,7 @@ export function initCaptcha({ panel, catalog, announce }) {
   const DESCRIBE = {
     ctc: "bidirectional GRU over the columns, CTC decoding",
     seq2seq: "GRU encoder over the columns, GRU decoder emitting 4 characters",
+    general: "trained on many captcha styles, 1-8 characters: for captchas that are not this demo's",
   };
   const manifest = (v) => catalog.models.captcha[v] || {};
   const network = (v) => manifest(v).network || (ORDER.includes(v) ? v : "ctc");
@@ -95,9 +96,13 @@ export function initCaptcha({ panel, catalog, announce }) {
       return;
     }
     const m = manifest(selected).metrics || {};
+    const styles = m.validation_per_family ? Object.keys(m.validation_per_family).length
+      - (m.zero_shot_families || []).length : 0;
     const acc = typeof m.full_string_accuracy === "number"
       ? ` · ${pct(m.full_string_accuracy, 2)} of ${m.test_samples ? count(m.test_samples) : "held-out"} test captchas read right`
-      : "";
+      : typeof m.mix_full_string_accuracy === "number" && styles > 0
+        ? ` · ${pct(m.mix_full_string_accuracy, 1)} of validation captchas read right (mean over its ${styles} training styles)`
+        : "";
     // The seq2seq weights may carry the o/0 glyph net (architecture.o0): say so.
     const glyph = manifest(selected).architecture?.o0 ? ", o vs 0 checked at full resolution" : "";
     els.modelNote.textContent = `${DESCRIBE[selected] || manifest(selected).description || selected}${glyph}${acc}`;
