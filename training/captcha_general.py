@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from models.captcha_common import CHARSET, score_texts
-from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig, read_ctc
+from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device
-from models.preprocess import to_captcha_tensor
-from training.captcha_finetune import ctc_loss
+from training.captcha_finetune import ctc_loss, read_texts
 from training.captcha_lib import ArraySource, ReaderBatches
 from training.captcha_mix import (HEIGHT, HELD_OUT_FAMILIES, MAX_LENGTH, TRAIN_FAMILIES, WIDTH,
                                   load_shards, render_shard)
@@ -65,23 +64,10 @@ def validation_sets(folder: Path, per_family: int = VAL_PER_FAMILY) -> dict[str,
     return sets
 
 
-@torch.inference_mode()
-def read_pixels(model: CaptchaCTC, pixels: np.ndarray, device, batch_size: int = 256) -> tuple[list[str], list[float]]:
-    """uint8 (N, H, W) -> (texts, confidences) as the service reads them (no constraints)."""
-    model.eval()
-    texts, confidences = [], []
-    for k in range(0, len(pixels), batch_size):
-        x = to_captcha_tensor(pixels[k:k + batch_size]).to(device)
-        for r in read_ctc(model(x)):
-            texts.append(r.text)
-            confidences.append(r.confidence)
-    return texts, confidences
-
-
 def family_figures(model: CaptchaCTC, sets: dict, device) -> dict[str, dict]:
     figures = {}
     for family, (pixels, truth) in sets.items():
-        predicted, _ = read_pixels(model, pixels, device)
+        predicted = read_texts(model, pixels, device)  # as the service answers them
         figures[family] = {k: round(v, 5) for k, v in score_texts(predicted, truth).items()}
     return figures
 
