@@ -1,6 +1,7 @@
 """The weight format: `<name>.safetensors` (a plain state_dict) beside `<name>.json`, its
 manifest (models/manifest.py). Loading builds the network the catalog names for the manifest's
-task and variant, and never unpickles anything."""
+task and variant, and never unpickles anything. Weights may be stored in float16 (manifest
+`storage`) to halve the file; they are loaded into the network's float32 parameters."""
 
 from __future__ import annotations
 
@@ -15,16 +16,26 @@ from models.catalog import build
 from models.manifest import Manifest
 
 
-def save_checkpoint(model: nn.Module, manifest: Manifest | dict[str, Any], out_dir: str | Path, name: str) -> Path:
+STORAGE = {"float32": None, "float16": torch.float16}  # manifest `storage` -> dtype of floating tensors
+
+
+def save_checkpoint(model: nn.Module, manifest: Manifest | dict[str, Any], out_dir: str | Path, name: str,
+                    storage: str = "float32") -> Path:
     """Write `<out_dir>/<name>.safetensors` and `<out_dir>/<name>.json`; returns the JSON path.
-    A dict manifest is validated against the schema first."""
+    A dict manifest is validated against the schema first. storage="float16" writes floating
+    tensors in half precision (and says so in the manifest)."""
+    if storage not in STORAGE:
+        raise ValueError(f"storage must be one of {sorted(STORAGE)}, not {storage!r}")
     if isinstance(manifest, dict):
         manifest = Manifest.from_dict({k: v for k, v in manifest.items() if k not in ("name", "weights")})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    dtype = STORAGE[storage]
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(out / f"{name}.safetensors"))
     manifest.name, manifest.weights = name, f"{name}.safetensors"
+    manifest.storage = None if storage == "float32" else storage
     return manifest.write(out / f"{name}.json")
 
 
@@ -39,6 +50,7 @@ def load_checkpoint(json_path: str | Path, device: str | torch.device = "cpu") -
     manifest = load_manifest(json_path)
     model = build(manifest)
     state = load_file(str(json_path.parent / (manifest.weights or f"{json_path.stem}.safetensors")), device="cpu")
+    # A float16 file (manifest `storage`) loads into float32 parameters: copy_ converts.
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, manifest

@@ -22,6 +22,7 @@ class Manifest:
     input: dict[str, Any] = field(default_factory=dict)  # the input contract the prepare function reads
     name: str = ""  # <name>.json / <name>.safetensors
     weights: str = ""
+    storage: str | None = None  # "float16": the safetensors hold half-precision weights (None: float32)
     description: str | None = None
     parameters: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -39,9 +40,9 @@ class Manifest:
     typicality: dict[str, Any] | None = None  # autoencoder: error quantiles of the reference digits
 
     # The order keys are written in (the committed files' order).
-    _ORDER = ("name", "weights", "task", "variant", "description", "architecture", "parameters", "input", "classes",
-              "charset", "answers", "length", "case_insensitive", "outputs", "generator", "output", "metrics", "typicality",
-              "training", "torch_version")
+    _ORDER = ("name", "weights", "storage", "task", "variant", "description", "architecture", "parameters", "input",
+              "classes", "charset", "answers", "length", "case_insensitive", "outputs", "generator", "output", "metrics",
+              "typicality", "training", "torch_version")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":

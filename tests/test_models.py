@@ -80,6 +80,30 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, config):
     assert loaded_manifest.name == f"digits_{config.cell}"
 
 
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    torch.manual_seed(0)
+    config = DigitRNNConfig(cell="lstm", hidden_size=64, num_layers=2)
+    model = DigitRNN(config).eval()
+    manifest = {"task": "digits", "variant": "lstm", "architecture": config.to_dict()}
+    full = save_checkpoint(model, manifest, tmp_path, "full")
+    half = save_checkpoint(model, manifest, tmp_path, "half", storage="float16")
+    full_bytes, half_bytes = (p.with_suffix(".safetensors").stat().st_size for p in (full, half))
+    assert half_bytes < 0.55 * full_bytes
+    assert json.loads(half.read_text())["storage"] == "float16" and "storage" not in json.loads(full.read_text())
+
+    loaded, loaded_manifest = load_checkpoint(half)
+    assert loaded_manifest.storage == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(8, 28, 28)
+    with torch.inference_mode():
+        want, got = model(x), loaded(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-2)  # half-precision rounding of the weights only
+    assert not torch.equal(got, want)  # the weights really went through float16
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    with pytest.raises(ValueError, match="storage must be one of"):
+        save_checkpoint(model, manifest, tmp_path, "bad", storage="int8")
+
+
 def test_checkpoint_with_wrong_shapes_is_rejected(tmp_path):
     model = DigitRNN(CONFIGS[2])
     json_path = save_checkpoint(model, {"task": "digits", "variant": "gru", "architecture": CONFIGS[2].to_dict()},

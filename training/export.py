@@ -4,10 +4,15 @@ every network, written beside its safetensors, and the training curve.
     manifest = build_manifest(model, task="digits", variant="gru", input=..., metrics=...,
                               training=training_section(result, settings, seed=0, batch_size=128, device=device))
     export(model, manifest, out_dir, "digits_gru", curve=("digits_gru on MNIST", [("train_loss", "train loss")]))
+
+Re-store an exported checkpoint's weights in half precision (half the file; loads as float32):
+
+    python -m training.export models/weights/captcha_general.json --storage float16
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
@@ -16,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import save_checkpoint
+from models.checkpoint import STORAGE, load_checkpoint, save_checkpoint
 from models.manifest import Manifest
 from training.loop import FitResult, FitSettings
 
@@ -55,10 +60,10 @@ def build_manifest(model: nn.Module, *, task: str, variant: str, input: dict[str
 
 
 def export(model: nn.Module, manifest: Manifest | dict[str, Any], out_dir: str | Path, name: str, *,
-           curve: tuple[str, list[tuple[str, str]]] | None = None) -> Path:
+           curve: tuple[str, list[tuple[str, str]]] | None = None, storage: str = "float32") -> Path:
     """Write <out_dir>/<name>.safetensors and .json and, given (title, [(history key, label)])
     and a history, <name>_curve.png. Returns the JSON path."""
-    json_path = save_checkpoint(model, manifest, out_dir, name)
+    json_path = save_checkpoint(model, manifest, out_dir, name, storage=storage)
     os.chmod(json_path.with_suffix(".safetensors"), 0o644)  # safetensors writes 0600
     history = (manifest.training if isinstance(manifest, Manifest) else manifest.get("training", {})).get("history")
     if curve is not None and history:
@@ -91,3 +96,25 @@ def save_curve(history: list[dict], path: Path, title: str, metrics: list[tuple[
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def restore(json_path: str | Path, storage: str) -> Path:
+    """Rewrite an exported checkpoint in place with its weights stored as `storage`."""
+    json_path = Path(json_path)
+    model, manifest = load_checkpoint(json_path)
+    path = save_checkpoint(model, manifest, json_path.parent, json_path.stem, storage=storage)
+    os.chmod(path.with_suffix(".safetensors"), 0o644)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest", help="an exported <name>.json")
+    parser.add_argument("--storage", choices=sorted(STORAGE), required=True)
+    args = parser.parse_args(argv)
+    path = restore(args.manifest, args.storage)
+    print(f"wrote {path.with_suffix('.safetensors')} ({path.with_suffix('.safetensors').stat().st_size:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
