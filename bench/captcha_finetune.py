@@ -4,6 +4,7 @@ from random weights, and ddddocr, all read on 1,000 fresh held-out captchas of t
 
     .venv/bin/python -m bench.captcha_finetune [--minutes 10] [--styles fonts wheezy lines]
         [--save bench/results/captcha_finetune.json] [--work data/finetune_bench]
+        [--starts ctc general] [--no-scratch] [--merge]
 
 Runs --parallel trainings at a time (default 2), one CPU thread each. The minutes
 reported are each run's own wall clock (its manifest's `training.seconds`, evaluation included).
@@ -74,7 +75,13 @@ def main() -> None:
     parser.add_argument("--starts", nargs="+", default=["ctc"], choices=["ctc", "general"],
                         help="shipped readers to fine-tune from (general: models/weights/captcha_general.json)")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch runs")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs of an earlier --save file (same budget) that this run does not redo")
     args = parser.parse_args()
+    earlier = json.loads(Path(args.save).read_text()) if args.merge and args.save and Path(args.save).is_file() else None
+    if earlier is not None and (earlier["minutes_budget"], earlier["train"], earlier["test"]) != (args.minutes, args.train, args.test):
+        raise SystemExit(f"--merge: {args.save} was measured with {earlier['minutes_budget']:g} minutes, "
+                         f"{earlier['train']} train, {earlier['test']} test; rerun with those")
 
     work = Path(args.work)
     jobs, tests = [], {}
@@ -94,14 +101,22 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:
         trained = list(pool.map(lambda j: (j, run_finetune(j[1], j[2], j[3], args.minutes, j[4], j[5])), jobs))
 
-    shipped, _ = load_checkpoint(ROOT / "models" / "weights" / "captcha_ctc.json")
+    shipped = {name: load_checkpoint(path)[0] for name in ("ctc", "general")
+               if (path := ROOT / "models" / "weights" / f"captcha_{name}.json").is_file()}
+    started_from = [f"captcha_{s}" for s in args.starts]
+    if earlier is not None:
+        started_from = sorted(set(started_from) | set(earlier.get("started_from") or []))
     results = {"minutes_budget": args.minutes, "train": args.train, "test": args.test, "cpus": os.cpu_count(),
-               "parallel": args.parallel, "started_from": [f"captcha_{s}" for s in args.starts], "styles": {}}
+               "parallel": args.parallel, "started_from": started_from, "styles": {}}
     for style in args.styles:
         truth, images = tests[style]
-        row: dict = {"samples": len(truth)}
+        row: dict = dict(earlier["styles"].get(style, {})) if earlier is not None else {}
+        row["samples"] = len(truth)
         pixels = np.stack([captcha_pixels(img) for img in images])
-        row["shipped_ctc"] = accuracy(read_texts(shipped, pixels, "cpu"), truth)
+        for name, model in shipped.items():  # the shipped readers as they are, no fine-tuning
+            size = (model.config.height, model.config.width)
+            own = pixels if size == pixels.shape[1:] else np.stack([captcha_pixels(img, *size) for img in images])
+            row[f"shipped_{name}"] = accuracy(read_texts(model, own, "cpu"), truth)
         for (s, _, _, name, scratch, _, key), (json_path, seconds) in trained:
             if s != style:
                 continue
