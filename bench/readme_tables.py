@@ -27,12 +27,20 @@ def _fmt_pct(v):
 
 def _row(m: dict) -> str:
     t, metrics = m.get("training", {}), m.get("metrics", {})
-    task, variant = m["task"], m["variant"]
-    arch = m["architecture"]
+    task, arch = m["task"], m["architecture"]
+    # The served name (app.registry.served_name): captcha_general -> general, digits_gru -> gru.
+    variant = m["name"][len(task) + 1:] if m["name"].startswith(f"{task}_") else m["variant"]
     if task == "digits":
         desc = f"{arch['cell'].upper()} {arch['num_layers']}x{arch['hidden_size']}, 28 rows x 28 px"
         metric = (f"MNIST test {_fmt_pct(metrics.get('mnist_test_accuracy'))} "
                   f"(via upload pipeline {_fmt_pct(metrics.get('mnist_test_accuracy_upload_pipeline'))})")
+    elif task == "captcha" and "mix_full_string_accuracy" in metrics:  # the general reader: many styles
+        desc = m.get("description", variant)
+        per_family = metrics.get("validation_per_family", {})
+        zero_shot = ", ".join(f"{f} {_fmt_pct(per_family.get(f, {}).get('full_string_accuracy'))}"
+                              for f in metrics.get("zero_shot_families", []))
+        metric = (f"validation full string, mean of the {len(per_family) - len(metrics.get('zero_shot_families', []))} "
+                  f"mix styles {_fmt_pct(metrics['mix_full_string_accuracy'])}; zero-shot {zero_shot}")
     elif task == "captcha":
         desc = m.get("description", variant)
         full = next((v for k, v in metrics.items() if "full" in k and "acc" in k), None)
@@ -51,7 +59,7 @@ def _row(m: dict) -> str:
         desc, metric = variant, "-"
     size_kb = (WEIGHTS / m["weights"]).stat().st_size / 1024
     return (f"| {task} | {variant} | {desc} | {m.get('parameters', 0):,} | {metric} | {t.get('epochs', '-')} | "
-            f"{t.get('seconds', 0) / 60:.0f} min | {size_kb:,.0f} KB |")
+            f"{t.get('total_seconds', t.get('seconds', 0)) / 60:.0f} min | {size_kb:,.0f} KB |")
 
 
 def render() -> str:
@@ -317,8 +325,8 @@ def render_finetune() -> str:
              f"trainer), {r['minutes_budget']:g} minutes per run on one CPU thread, read on {r['test']:,} fresh ones "
              "(full string; per character in brackets):", "",
              "| style | fine-tuned from `captcha_ctc` | minutes | fine-tuned from `captcha_general` | minutes | "
-             "same budget from scratch | shipped `ctc` as is | ddddocr |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "same budget from scratch | shipped `ctc` as is | shipped `general` as is | ddddocr |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for style, row in r["styles"].items():
         def cell(k):
             return f"{row[k]['full_string_accuracy']:.1%} ({row[k]['char_accuracy']:.1%})" if k in row else "-"
@@ -328,10 +336,10 @@ def render_finetune() -> str:
         runs = [k for k in ("finetuned", "finetuned_from_general", "scratch", "ddddocr") if k in row]
         best = max(runs, key=lambda k: row[k]["full_string_accuracy"])
         cells = {k: (f"**{cell(k)}**" if k == best else cell(k))
-                 for k in ("finetuned", "finetuned_from_general", "scratch", "shipped_ctc", "ddddocr")}
+                 for k in ("finetuned", "finetuned_from_general", "scratch", "shipped_ctc", "shipped_general", "ddddocr")}
         lines.append(f"| {STYLE_NAMES.get(style, style)} | {cells['finetuned']} | {minutes('finetuned')} | "
                      f"{cells['finetuned_from_general']} | {minutes('finetuned_from_general')} | "
-                     f"{cells['scratch']} | {cells['shipped_ctc']} | {cells['ddddocr']} |")
+                     f"{cells['scratch']} | {cells['shipped_ctc']} | {cells['shipped_general']} | {cells['ddddocr']} |")
     return "\n".join(lines)
 
 

@@ -384,6 +384,20 @@ def test_captcha_panel(desktop, server):
         assert desktop.settle("captcha") == "ready"
         assert _agreement(page.get_by_test_id("captcha-result").text_content(), truth) >= 3
         assert page.locator("#captcha-confidence").text_content().lower().startswith(f"read by {other.lower()}")
+    if "general" in variants:  # the reader of many styles, for a captcha that is not this demo's
+        from training.captcha_mix import samples
+
+        _, image = next(samples("wheezy", 4242))
+        foreign = ARTIFACTS / "captcha-wheezy.png"
+        image.save(foreign)
+        api = _post_file(server["url"] + "/predict/captcha?model=general", foreign.read_bytes())
+        page.get_by_test_id("captcha-model-general").click()
+        assert desktop.settle("captcha") == "ready"
+        assert "training styles" in page.locator("#captcha-model-note").text_content()
+        page.get_by_test_id("captcha-file").set_input_files(str(foreign))
+        assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
+        assert page.get_by_test_id("captcha-result").text_content() == api["text"]
+        assert page.locator("#captcha-confidence").text_content().lower().startswith("read by general")
     page.mouse.move(0, 0)
     desktop.shot("desktop-captcha", panel)
     desktop.assert_clean()

@@ -93,3 +93,23 @@ def test_general_trainer_exports_a_reader_served_beside_the_default(tmp_path):
         # any length up to 8 can be asked of it: 40 columns
         five = client.post("/predict/captcha?model=general&length=7", files={"file": ("c.png", png_bytes(image), "image/png")})
         assert five.status_code == 200 and len(five.json()["text"]) == 7
+
+
+def test_the_committed_general_reader_reads_styles_the_seed_reader_cannot(client):
+    """Real captchas of two mix styles (fresh seed, lengths 1-8) through the service: the general
+    reader reads most of them, the seed-style reader almost none; both answer in the same shape."""
+    from training.captcha_mix import samples
+
+    items = [item for family in ("wheezy", "pil_lines") for _, item in zip(range(12), samples(family, 31337))]
+    right = {"general": 0, "ctc": 0}
+    for text, image in items:
+        png = png_bytes(image)
+        for model in right:
+            r = client.post(f"/predict/captcha?model={model}", files={"file": ("c.png", png, "image/png")})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"] == model and 0 <= body["confidence"] <= 1
+            assert body["text"] == body["text"].lower() and 1 <= len(body["text"]) <= 8
+            right[model] += body["text"] == text.lower()
+    assert right["general"] >= 0.4 * len(items), right
+    assert right["ctc"] <= 0.15 * len(items), right
