@@ -23,7 +23,7 @@ log = logging.getLogger("rnnlab")
 @dataclass(eq=False)
 class LoadedModel:
     name: str
-    variant: str  # what it is served as: `model=<variant>` (registry.served_name)
+    variant: str  # what it is served as: `model=<variant>` (Manifest.served_name)
     model: nn.Module
     manifest: Manifest
     device: torch.device
@@ -40,14 +40,6 @@ class LoadedModel:
             "torch_version": m.torch_version, "device": str(self.device),
         }
 
-
-def served_name(manifest: Manifest) -> str:
-    """The `model=` a manifest is served as: its name after the task's prefix (captcha_ctc -> ctc,
-    digits_gru -> gru, a fine-tuned captcha_myshop -> myshop), else its variant (autoencoder -> conv)."""
-    prefix = f"{manifest.task}_"
-    if manifest.name.startswith(prefix) and len(manifest.name) > len(prefix):
-        return manifest.name[len(prefix):]
-    return manifest.variant
 
 
 def folder_state(folder: Path) -> dict[str, tuple]:
@@ -76,7 +68,7 @@ class ModelRegistry:
     def _load(self, path: Path) -> LoadedModel | str:
         try:
             model, manifest = load_checkpoint(path, self.device)
-            return LoadedModel(manifest.name, served_name(manifest), model, manifest, self.device,
+            return LoadedModel(manifest.name, manifest.served_name(), model, manifest, self.device,
                                spec_for(manifest.task, manifest.variant))
         except Exception as exc:  # a broken file must not take the others down
             return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)

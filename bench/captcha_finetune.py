@@ -112,17 +112,21 @@ def main() -> None:
         truth, images = tests[style]
         row: dict = dict(earlier["styles"].get(style, {})) if earlier is not None else {}
         row["samples"] = len(truth)
-        pixels = np.stack([captcha_pixels(img) for img in images])
+        at_size: dict[tuple[int, int], np.ndarray] = {}  # (H, W) -> uint8 (N, H, W), each size resized once
+
+        def pixels(size: tuple[int, int]) -> np.ndarray:
+            if size not in at_size:
+                at_size[size] = np.stack([captcha_pixels(img, *size) for img in images])
+            return at_size[size]
+
         for name, model in shipped.items():  # the shipped readers as they are, no fine-tuning
-            size = (model.config.height, model.config.width)
-            own = pixels if size == pixels.shape[1:] else np.stack([captcha_pixels(img, *size) for img in images])
-            row[f"shipped_{name}"] = accuracy(read_texts(model, own, "cpu"), truth)
+            row[f"shipped_{name}"] = accuracy(read_texts(model, pixels((model.config.height, model.config.width)), "cpu"),
+                                              truth)
         for (s, _, _, name, scratch, _, key), (json_path, seconds) in trained:
             if s != style:
                 continue
             model, manifest = load_checkpoint(json_path)
-            size = (manifest.input["height"], manifest.input["width"])
-            own = pixels if size == pixels.shape[1:] else np.stack([captcha_pixels(img, *size) for img in images])
+            own = pixels((manifest.input["height"], manifest.input["width"]))
             figures = accuracy(read_texts(model, own, "cpu", manifest.answers), truth)
             figures["minutes"] = round(manifest.training["seconds"] / 60, 2)
             figures["wall_minutes"] = round(seconds / 60, 2)

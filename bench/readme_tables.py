@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.manifest import Manifest  # noqa: E402
+
 WEIGHTS = ROOT / "models" / "weights"
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 CAPTCHA_TARGETS = {"seq2seq": 0.9875, "default": 0.995}  # issue #3
@@ -28,8 +33,7 @@ def _fmt_pct(v):
 def _row(m: dict) -> str:
     t, metrics = m.get("training", {}), m.get("metrics", {})
     task, arch = m["task"], m["architecture"]
-    # The served name (app.registry.served_name): captcha_general -> general, digits_gru -> gru.
-    variant = m["name"][len(task) + 1:] if m["name"].startswith(f"{task}_") else m["variant"]
+    variant = Manifest.from_dict(m).served_name()  # the model= it answers to: captcha_general -> general
     if task == "digits":
         desc = f"{arch['cell'].upper()} {arch['num_layers']}x{arch['hidden_size']}, 28 rows x 28 px"
         metric = (f"MNIST test {_fmt_pct(metrics.get('mnist_test_accuracy'))} "

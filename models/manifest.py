@@ -62,6 +62,15 @@ class Manifest:
             raise ValueError("manifest 'architecture' must be an object (the network's config)")
         return cls(**data)
 
+    def served_name(self) -> str:
+        """The `model=` this network is served as: its name after the task's prefix (captcha_ctc ->
+        ctc, digits_gru -> gru, a fine-tuned captcha_myshop -> myshop), else its variant
+        (autoencoder -> conv)."""
+        prefix = f"{self.task}_"
+        if self.name.startswith(prefix) and len(self.name) > len(prefix):
+            return self.name[len(prefix):]
+        return self.variant
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: every set field, in the committed files' key order; unset task
         sections are left out."""

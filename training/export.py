@@ -102,9 +102,7 @@ def restore(json_path: str | Path, storage: str) -> Path:
     """Rewrite an exported checkpoint in place with its weights stored as `storage`."""
     json_path = Path(json_path)
     model, manifest = load_checkpoint(json_path)
-    path = save_checkpoint(model, manifest, json_path.parent, json_path.stem, storage=storage)
-    os.chmod(path.with_suffix(".safetensors"), 0o644)
-    return path
+    return export(model, manifest, json_path.parent, json_path.stem, storage=storage)
 
 
 def main(argv: list[str] | None = None) -> None:
