@@ -37,6 +37,12 @@ def test_held_out_families_and_fonts_stay_out_of_training():
     assert not any(held in font for font in mix_fonts() for held in HELD_OUT_FONTS)
 
 
+def test_family_indices_of_existing_shards_never_change():
+    # a shard stores each captcha's family as its index in FAMILIES: new families go last
+    assert list(FAMILIES)[:8] == ["seed", "captcha_fonts", "wheezy", "pil_lines", "pil_warp", "multicolor", "claptcha",
+                                  "pil_tiles"]
+
+
 def test_encode_pads_and_folds_case():
     assert encode("aB3").tolist() == [10, 11, 3] + [-1] * (MAX_LENGTH - 3)
 

