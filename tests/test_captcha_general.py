@@ -43,6 +43,40 @@ def test_temperature_changes_confidences_not_answers():
     assert model.answer(x, full, [NO_CONSTRAINTS] * len(items))[1] == runs
 
 
+def test_calibration_confidences_are_the_served_ones():
+    from training.captcha_calibrate import confidences
+
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "captcha_ctc.json")
+    items = seed_captchas(6)
+    xs, fulls = zip(*(prepare_captcha(im, manifest.input) for _, im in items))
+    x, full = torch.cat(xs), torch.cat(fulls)
+    model.config.temperature = 1.7
+    log_probs, runs = model.answer(x, full, [NO_CONSTRAINTS] * len(items))
+    served = [r.confidence for r in model.read(x, full=full)]
+    assert np.allclose(confidences(log_probs, [[k for k, _ in r] for r in runs], 1.7), served, atol=1e-4)
+    # empty answers (nothing read), alone or beside others: the all-blank path's probability
+    blank_heavy = torch.full((2, 40, 37), -8.0)
+    blank_heavy[:, :, 0] = -0.01
+    empty = confidences(blank_heavy.log_softmax(-1), [[], []], 1.0)
+    assert np.allclose(empty, torch.exp(blank_heavy.log_softmax(-1)[:, :, 0].sum(1)).numpy(), rtol=1e-4)
+    assert np.allclose(confidences(blank_heavy.log_softmax(-1), [[], [3]], 1.0)[0], empty[0], rtol=1e-4)
+
+
+def test_calibration_cap_raises_the_temperature_until_no_family_is_wrong_and_sure():
+    from training.captcha_calibrate import figures, fit_temperature
+
+    # 20 answers of one character, 1 of them wrong: the NLL fit leaves them at ~0.95, sure
+    logits = torch.full((20, 40, 37), -4.0)
+    logits[:, :, 0] = 2.0
+    logits[:, 20, 0], logits[:, 20, 4] = -4.0, 2.0
+    sets = {"family": (logits.log_softmax(-1), [[3]] * 20, [False] + [True] * 19)}
+    plain, _ = fit_temperature(sets)
+    assert figures(sets, plain)["family"]["wrong_and_sure"] == 0.05
+    capped, _ = fit_temperature(sets, cap=0.0)
+    assert capped > plain and figures(sets, capped)["family"]["wrong_and_sure"] == 0.0
+    assert fit_temperature(sets, cap=0.05)[0] == plain  # a cap already met changes nothing
+
+
 def test_calibration_cools_an_overconfident_reader_on_foreign_styles(tmp_path):
     from training.captcha_calibrate import figures, fit_temperature, calibration_set
 
