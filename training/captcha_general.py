@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         model = CaptchaCTC(default_config()).to(device)
     x, y, fam = load_shards(Path(args.shards))
-    shard_count = len(list(Path(args.shards).glob('shard_*.npz')))
+    shard_count = len(list(Path(args.shards).glob("shard_*.npz")))
     print(f"{NAME}: {model.describe()} | {model.num_parameters():,} parameters | {len(x):,} training captchas "
           f"from {shard_count} shards | device {device}", flush=True)
     sets = validation_sets(Path(args.val_dir or Path(args.out) / "val"), args.val_count)
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> Path:
         "zero_shot_families": list(HELD_OUT_FAMILIES),
     }
     training = training_section(result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
-                                pool_captchas=len(x), shards=shard_count, families=list(TRAIN_FAMILIES), lengths=f"1-{MAX_LENGTH}",
+                                pool_captchas=len(x), shards=shard_count, families=list(TRAIN_FAMILIES),
+                                lengths=f"1-{MAX_LENGTH}",
                                 augmentation="random shift +-3/2 px and scale 0.93-1.07 per batch item")
     chunk = {"samples_seen": result.samples, "seconds": result.seconds, "device": str(device)}
     if init_manifest is not None:

