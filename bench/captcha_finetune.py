@@ -35,9 +35,9 @@ TRAIN_SEED, TEST_SEED = 1_000, 2_000  # + the style's index
 
 
 def run_finetune(folder: Path, out: Path, name: str, minutes: float, scratch: bool,
-                 init: str | None = None) -> tuple[Path, float]:
+                 init: str | None = None, precision: str = "fp32") -> tuple[Path, float]:
     cmd = [sys.executable, "-m", "training.captcha", "finetune", "--folder", str(folder), "--name", name,
-           "--minutes", str(minutes), "--out", str(out), "--threads", "1", "--no-progress"]
+           "--minutes", str(minutes), "--out", str(out), "--threads", "1", "--no-progress", "--precision", precision]
     if scratch:
         cmd += ["--scratch", "--lr", "3e-3"]
     if init:
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1_000)
     parser.add_argument("--work", default=str(ROOT / "data" / "finetune_bench"))
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time (one CPU thread each)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of this run's trainings")
     parser.add_argument("--save", help="write the figures as JSON (for bench/readme_tables.py)")
     parser.add_argument("--starts", nargs="+", default=["ctc"], choices=["ctc", "general"],
                         help="shipped readers to fine-tune from (general: models/weights/captcha_general.json)")
@@ -99,7 +100,7 @@ def main() -> None:
             jobs.append((style, folder, work / style, f"{style}_scratch", True, None, "scratch"))
     print(f"{len(jobs)} trainings of {args.minutes:g} min, {args.parallel} at a time", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
-        trained = list(pool.map(lambda j: (j, run_finetune(j[1], j[2], j[3], args.minutes, j[4], j[5])), jobs))
+        trained = list(pool.map(lambda j: (j, run_finetune(j[1], j[2], j[3], args.minutes, j[4], j[5], args.precision)), jobs))
 
     shipped = {name: load_checkpoint(path)[0] for name in ("ctc", "general")
                if (path := ROOT / "models" / "weights" / f"captcha_{name}.json").is_file()}
@@ -131,6 +132,7 @@ def main() -> None:
             figures["minutes"] = round(manifest.training["seconds"] / 60, 2)
             figures["wall_minutes"] = round(seconds / 60, 2)
             figures["samples_seen"] = manifest.training["samples_seen"]
+            figures["precision"] = manifest.training["precision"]
             row[key] = figures
         texts, ms = ddddocr_texts(images)
         row["ddddocr"] = {**accuracy(texts, truth), "ms_per_image": round(ms, 1)}

@@ -4,6 +4,7 @@ what the trainer's evaluation reads."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -81,8 +82,11 @@ def test_a_finetuned_reader_is_served_without_a_restart_and_answers_as_in_traini
     app = create_app(Settings(models_dir=models, device="cpu", models_watch_s=0.2))
     with TestClient(app) as client:
         assert "five" not in client.get("/readyz").json()["models"]["captcha"]
-        json_path = finetune("--folder", str(folder), "--name", "five", "--minutes", "0.1", "--out", str(models))
+        # trained with a bf16 forward pass; evaluated and served in fp32 all the same
+        json_path = finetune("--folder", str(folder), "--name", "five", "--minutes", "0.1", "--out", str(models),
+                             "--precision", "bf16")
         assert json_path == models / "captcha_five.json"
+        assert json.loads(json_path.read_text())["training"]["precision"].startswith("bf16")
         deadline = time.monotonic() + 15
         while "five" not in client.get("/readyz").json()["models"]["captcha"] and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -35,7 +35,7 @@ from training.captcha_data import IMAGE_EXTS, label_from_filename
 from training.captcha_lib import random_shift
 from training.common import REPO_ROOT, seed_everything
 from training.export import build_manifest, export, training_section
-from training.loop import Budget, FitSettings, OneCycle, Shuffled, ShuffledSource, fit
+from training.loop import PRECISIONS, Budget, FitSettings, OneCycle, Shuffled, ShuffledSource, fit
 
 MIN_LABELLED = 50
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -173,6 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--holdout", type=float, default=0.2, help="share of the images held out")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: autocast the forward pass (~1.8x the samples per minute on CPUs with AVX-512 BF16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> Path:
     steps = max(1, len(train_idx) // source.order.batch_size)
     settings = FitSettings(budget=Budget(10_000, steps, minutes=args.minutes),
                            schedule=OneCycle(args.lr, warmup=0.1, final_div_factor=100.0, momentum=None),
-                           weight_decay=1e-2, clip=5.0, progress=not args.no_progress, bar_every=5)
+                           weight_decay=1e-2, clip=5.0, precision=args.precision, progress=not args.no_progress,
+                           bar_every=5)
 
     def evaluate() -> dict:
         figures = accuracy(read_texts(model, pixels[test_idx], device, answers), test_truth)
