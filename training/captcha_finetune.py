@@ -174,7 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="bf16: autocast the forward pass (~1.8x the samples per minute on CPUs with AVX-512 BF16)")
+                        help="bf16: autocast the forward pass (more samples per minute on CPUs with AVX-512 BF16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
