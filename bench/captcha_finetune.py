@@ -28,6 +28,7 @@ from PIL import Image
 from models.checkpoint import load_checkpoint
 from models.preprocess import captcha_pixels
 from training.captcha_finetune import accuracy, read_texts
+from training.loop import PRECISIONS
 from training.captcha_styles import samples, write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1_000)
     parser.add_argument("--work", default=str(ROOT / "data" / "finetune_bench"))
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time (one CPU thread each)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of this run's trainings")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="of this run's trainings")
     parser.add_argument("--save", help="write the figures as JSON (for bench/readme_tables.py)")
     parser.add_argument("--starts", nargs="+", default=["ctc"], choices=["ctc", "general"],
                         help="shipped readers to fine-tune from (general: models/weights/captcha_general.json)")

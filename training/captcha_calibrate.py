@@ -82,19 +82,20 @@ def fit_temperature(sets: dict, cap: float | None = None) -> tuple[float, list[t
     """The grid temperature with the least mean binary NLL of right/wrong under the confidence,
     each family weighing the same; with `cap`, raised if need be to the least grid temperature
     at which no family has more than `cap` of its answers wrong at confidence >= SURE."""
-    curve = []
+    curve, worst = [], {}  # worst: per grid temperature, the largest share of a family's answers wrong and sure
     for t in GRID:
-        losses = []
+        losses, worst_here = [], 0.0
         for log_probs, answers, right in sets.values():
-            c = np.clip(confidences(log_probs, answers, float(t)), 1e-6, 1 - 1e-6)
+            c = confidences(log_probs, answers, float(t))
             ok = np.array(right, dtype=np.float64)
-            losses.append(float(-(ok * np.log(c) + (1 - ok) * np.log(1 - c)).mean()))
+            clipped = np.clip(c, 1e-6, 1 - 1e-6)
+            losses.append(float(-(ok * np.log(clipped) + (1 - ok) * np.log(1 - clipped)).mean()))
+            worst_here = max(worst_here, float(((c >= SURE) & (ok == 0)).mean()))
         curve.append((float(t), float(np.mean(losses))))
+        worst[float(t)] = worst_here
     best = min(curve, key=lambda p: p[1])[0]
     if cap is not None:
-        capped = next((float(t) for t in GRID if t >= best and
-                       all(f["wrong_and_sure"] <= cap for f in figures(sets, float(t)).values())), float(GRID[-1]))
-        best = max(best, capped)
+        best = next((t for t, _ in curve if t >= best and worst[t] <= cap), float(GRID[-1]))
     return best, curve
 
 
