@@ -12,10 +12,14 @@ confusion, o against 0 (models/captcha_o0.py): `read(x, full=...)` shows it the 
 image around each character the reader read as o or 0, centred where the reader's attention
 for that character centres.
 
+Any length (`end_token` in the config): the decoder takes `length` + 1 steps over 36
+characters and an end token, and the answer is what comes before the first end (the last step
+can only end). Without it, the reference design: exactly `length` characters.
+
 Constrained decoding (`read(..., constraints=...)`): the characters a charset leaves out get
 -inf logits at every step of every shifted view, before the views are averaged (so each view
-is renormalised over the allowed ones). The length is fixed (4 steps, no end token), so the
-only length this reader can honour is its own.
+is renormalised over the allowed ones). `length=N` on an end-token reader: steps before N may not
+end and step N must (masked the same way); a fixed-length reader honours only its own length.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class CaptchaSeq2SeqConfig:
     decoder_hidden: int = 256
     attention: bool = True
     attention_size: int = 128
-    length: int = CAPTCHA_LENGTH
+    length: int = CAPTCHA_LENGTH  # the characters it writes (with end_token: at most)
+    end_token: bool = False  # one more step and one more class: answers of 0..length characters
     dropout: float = 0.0  # before the head (training only)
     # Inference only: (dx, dy) pixel shifts of the input whose log-probabilities `log_probs` and
     # `read` average (test-time augmentation); empty = the image as is. Weights don't depend on it.
@@ -55,6 +60,17 @@ class CaptchaSeq2SeqConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def steps(self) -> int:
+        return self.length + 1 if self.end_token else self.length
+
+    @property
+    def classes(self) -> int:
+        return NUM_CHARS + 1 if self.end_token else NUM_CHARS
+
+
+END = NUM_CHARS  # the end token's class index (end-token readers only)
 
 
 class CaptchaSeq2Seq(nn.Module):
@@ -74,12 +90,12 @@ class CaptchaSeq2Seq(nn.Module):
             self.query = nn.Linear(hid, config.attention_size)
             self.score = nn.Linear(config.attention_size, 1, bias=False)
             # Step t's input: the attended columns plus a learned "which character" vector.
-            self.position = nn.Parameter(torch.randn(config.length, 32) * 0.1)
+            self.position = nn.Parameter(torch.randn(config.steps, 32) * 0.1)
             self.decoder = nn.GRUCell(enc + 32, hid)
         else:
             self.decoder = nn.GRU(enc, hid, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(hid, NUM_CHARS)
+        self.head = nn.Linear(hid, config.classes)
         init_gru(self.encoder)
         init_gru(self.decoder)
         if config.o0 is not None and not config.attention:
@@ -92,53 +108,77 @@ class CaptchaSeq2Seq(nn.Module):
         return enc
 
     def emit(self, enc: torch.Tensor, return_attention: bool = False):
-        """Encoded columns (B, T, 2He) -> logits (B, 4, 36) (and attention (B, 4, T))."""
+        """Encoded columns (B, T, 2He) -> logits (B, S, C) (and attention (B, S, T)): S steps,
+        C = 36 characters (+ the end token); S = C's length (+ 1), see the config."""
         b, t, _ = enc.shape
         if not self.config.attention:
             last = enc[:, -1]  # (B, 2He): forward direction has read everything, backward its last column
-            out, _ = self.decoder(last.unsqueeze(1).expand(b, self.config.length, last.shape[-1]).contiguous())
-            logits = self.head(self.dropout(out))  # (B, 4, 36)
+            out, _ = self.decoder(last.unsqueeze(1).expand(b, self.config.steps, last.shape[-1]).contiguous())
+            logits = self.head(self.dropout(out))  # (B, S, C)
             return (logits, None) if return_attention else logits
         keys = self.keys(enc)  # (B, T, A)
         h = torch.tanh(self.init_state(enc.mean(1)))  # (B, Hd)
         steps, weights = [], []
-        for i in range(self.config.length):
+        for i in range(self.config.steps):
             scores = self.score(torch.tanh(keys + self.query(h).unsqueeze(1))).squeeze(-1)  # (B, T)
             alpha = scores.softmax(-1)
             context = torch.bmm(alpha.unsqueeze(1), enc).squeeze(1)  # (B, 2He)
             h = self.decoder(torch.cat([context, self.position[i].expand(b, -1)], -1), h)
             steps.append(h)
             weights.append(alpha)
-        logits = self.head(self.dropout(torch.stack(steps, 1)))  # (B, 4, 36)
+        logits = self.head(self.dropout(torch.stack(steps, 1)))  # (B, S, C)
         return (logits, torch.stack(weights, 1)) if return_attention else logits
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """x: (B, 1, H, W) standardised image -> logits (B, 4, 36); with `return_attention`
-        also the attention weights (B, 4, T) over the T = W/4 columns."""
+        """x: (B, 1, H, W) standardised image -> logits (B, S, C) (4 steps, 36 classes for the
+        reference design); with `return_attention` also the attention weights (B, S, T) over the
+        T = W/4 columns."""
         return self.emit(self.encode(x), return_attention)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """targets: (B, 4) class indices 0..35."""
-        return F.cross_entropy(logits.reshape(-1, NUM_CHARS), targets.reshape(-1))
+        """targets: (B, S) class indices (0..35, END after the last character of an end-token
+        reader's answer, -100 on the steps after it: not scored)."""
+        return F.cross_entropy(logits.reshape(-1, self.config.classes), targets.reshape(-1), ignore_index=-100)
 
     @torch.inference_mode()
     def decode(self, logits: torch.Tensor) -> list[str]:
-        return [decode_label(row) for row in logits.argmax(-1).tolist()]
+        """Greedy: the argmax per step, up to the first end token."""
+        return [decode_label(row[:row.index(END)] if END in row else row) if self.config.end_token
+                else decode_label(row) for row in logits.argmax(-1).tolist()]
+
+    def step_mask(self, items: Sequence[Constraints | None], device) -> torch.Tensor | None:
+        """(B, S, C) bool, where each step may write each class, or None when nothing is masked.
+        A charset masks characters on every step; an end-token reader may end only on its last
+        step (or where no more characters fit) and, with length=N, must end exactly at step N."""
+        end = self.config.end_token
+        if not end and all(c is None or c.allowed is None for c in items):
+            return None
+        mask = torch.ones(len(items), self.config.steps, self.config.classes, dtype=torch.bool, device=device)
+        for i, c in enumerate(items):
+            if c is not None and c.allowed is not None:
+                mask[i, :, :NUM_CHARS] = c.mask(device)
+            if end:
+                mask[i, -1, :NUM_CHARS] = False  # nothing more to write: the last step ends
+                if c is not None and c.length is not None:
+                    mask[i, :c.length, END] = False
+                    mask[i, c.length, :NUM_CHARS] = False
+        return mask
 
     @torch.inference_mode()
     def log_probs(self, x: torch.Tensor, return_attention: bool = False, allowed: torch.Tensor | None = None):
-        """x: (B, 1, H, W) -> (B, 4, 36) log-probabilities; with `test_time_shifts`, the mean of
-        the S shifted views' log-probabilities (one batch of S*B), renormalised. With
-        `return_attention` also the attention (B, 4, T) on the unshifted image. `allowed`
-        (B, 36) bool: the other characters get -inf logits at every step of every view, before
-        the views are averaged (each view renormalised over the allowed characters)."""
+        """x: (B, 1, H, W) -> (B, S, C) log-probabilities; with `test_time_shifts`, the mean of
+        the V shifted views' log-probabilities (one batch of V*B), renormalised. With
+        `return_attention` also the attention (B, S, T) on the unshifted image. `allowed`
+        (B, C) or (B, S, C) bool (see `step_mask`): the other classes get -inf logits on every
+        view, before the views are averaged (each view renormalised over the allowed ones)."""
         shifts = self.config.test_time_shifts
         if not shifts:
             logits, attention = self(x, return_attention=True)
             lp = mask_logits(logits.float(), allowed).log_softmax(-1)
             return (lp, attention) if return_attention else lp
-        logits, attention = self(shifted_views(x, shifts), return_attention=True)  # (S*B, 4, 36), (S*B, 4, T)
-        views = mask_logits(logits.float(), None if allowed is None else allowed.repeat(len(shifts), 1)).log_softmax(-1)
+        logits, attention = self(shifted_views(x, shifts), return_attention=True)  # (V*B, S, C), (V*B, S, T)
+        repeat = None if allowed is None else allowed.repeat(len(shifts), *[1] * (allowed.dim() - 1))
+        views = mask_logits(logits.float(), repeat).log_softmax(-1)
         lp = views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
         if not return_attention:
             return lp
@@ -151,24 +191,31 @@ class CaptchaSeq2Seq(nn.Module):
     @torch.inference_mode()
     def refine_o0(self, log_probs: torch.Tensor, attention: torch.Tensor, full: torch.Tensor,
                   allow: torch.Tensor | None = None) -> torch.Tensor:
-        """log_probs (B, 4, 36), attention (B, 4, T), full (B, 60, 160) grey image at the
+        """log_probs (B, S, C), attention (B, S, T), full (B, 60, 160) grey image at the
         generator's resolution -> log_probs with o against 0 decided again by the glyph net
         wherever the reader's answer is o or 0 (and, with `allow` (B,) bool, the item allows both)."""
-        top = log_probs.argmax(-1)  # (B, 4)
+        top = log_probs.argmax(-1)  # (B, S)
         apply = (top == INDEX_O) | (top == INDEX_ZERO)
         if allow is not None:
             apply &= allow.to(apply.device)[:, None]
         if self.o0 is None or not bool(apply.any()):
             return log_probs
-        centres = attention_centres(attention, self.config.width, full.shape[-1])  # (B, 4) x in full pixels
-        windows = cut_windows(full, centres, self.o0.config.width)  # (B*4, 1, 60, 48)
+        centres = attention_centres(attention, self.config.width, full.shape[-1])  # (B, S) x in full pixels
+        windows = cut_windows(full, centres, self.o0.config.width)  # (B*S, 1, 60, 48)
         glyph = torch.zeros(apply.numel(), device=log_probs.device)
         glyph[apply.flatten()] = self.o0(windows[apply.flatten()]).float()
         return mix_o0(log_probs, glyph.view_as(top), apply, self.o0.config.mix)
 
     def check_constraints(self, constraints: Constraints | None) -> None:
-        """ValueError for a length other than the decoder's fixed number of steps."""
-        if constraints is not None and constraints.length not in (None, self.config.length):
+        """ValueError for a length the decoder cannot write."""
+        if constraints is None or constraints.length is None:
+            return
+        if self.config.end_token:
+            if constraints.length > self.config.length:
+                raise ValueError(f"length={constraints.length}: this seq2seq reader writes at most "
+                                 f"{self.config.length} characters")
+            return
+        if constraints.length != self.config.length:
             raise ValueError(f"length={constraints.length}: the seq2seq reader reads exactly {self.config.length} "
                              "characters (a fixed number of decoder steps, no end token yet); use model=ctc "
                              "for another length")
@@ -185,20 +232,18 @@ class CaptchaSeq2Seq(nn.Module):
         items = constraints_per_item(constraints, x.shape[0])
         for c in items:
             self.check_constraints(c)
-        allowed = None
-        if any(c.allowed is not None for c in items):
-            allowed = torch.stack([c.mask() for c in items]).to(x.device)  # (B, 36)
+        allowed = self.step_mask(items, x.device)  # (B, S, C) or None
         if not explain and (self.o0 is None or full is None):
             return read_seq2seq(self.log_probs(x, allowed=allowed), allowed=allowed)
         lp, attention = self.log_probs(x, return_attention=True, allowed=allowed)
         if self.o0 is not None and full is not None:
-            both = None if allowed is None else allowed[:, INDEX_O] & allowed[:, INDEX_ZERO]
+            both = None if allowed is None else allowed[:, 0, INDEX_O] & allowed[:, 0, INDEX_ZERO]
             lp = self.refine_o0(lp, attention, full.to(x.device), allow=both)
         readings = read_seq2seq(lp, allowed=allowed)
         if explain:
             if attention is None:
                 raise ValueError("explain needs a seq2seq reader with attention")
-            for reading, weights in zip(readings, attention.float().tolist()):  # (4, T) per item
+            for reading, weights in zip(readings, attention.float().tolist()):  # (S, T) per item
                 for char, column_weights in zip(reading.characters, weights):
                     char.columns = column_weights
         return readings
@@ -212,27 +257,37 @@ class CaptchaSeq2Seq(nn.Module):
         tta = f"; reads {len(c.test_time_shifts)} shifted copies and averages" if c.test_time_shifts else ""
         if c.o0 is not None:
             tta += "; o vs 0 decided again by a glyph CNN on the full-resolution image"
+        steps = (f"{c.steps} steps -> Linear({c.decoder_hidden}, 37): up to {c.length} characters, then an end token"
+                 if c.end_token else f"{c.steps} steps -> Linear({c.decoder_hidden}, 36)")
         return (f"4 conv blocks ({'-'.join(map(str, c.channels))}) on {c.height}x{c.width} grey -> BiGRU encoder "
-                f"{c.encoder_layers}x{c.encoder_hidden} over {self.conv.steps} columns -> {decoder}, 4 steps -> "
-                f"Linear({c.decoder_hidden}, 36){tta}")
+                f"{c.encoder_layers}x{c.encoder_hidden} over {self.conv.steps} columns -> {decoder}, {steps}{tta}")
 
 
 def mask_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    """logits (N, L, 36), allowed (N, 36) bool or None -> the disallowed characters at -inf."""
+    """logits (N, S, C), allowed (N, C) (every step alike) or (N, S, C) bool, or None -> the
+    disallowed classes at -inf."""
     if allowed is None:
         return logits
-    return logits.masked_fill(~allowed.to(logits.device)[:, None, :], float("-inf"))
+    allowed = allowed.to(logits.device)
+    return logits.masked_fill(~(allowed[:, None, :] if allowed.dim() == 2 else allowed), float("-inf"))
 
 
 def read_seq2seq(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> list[CaptchaReading]:
-    """logits (B, 4, 36) -> readings: per position the argmax; the string's confidence is the
-    product of the 4 positions' probabilities. `allowed` (B, 36) bool keeps each item's top-3
-    to its charset (the logits then already give the other characters nothing)."""
+    """logits (B, S, C) -> readings: per step the argmax, up to the first end token when C has
+    one (C = 37); the string's confidence is the product of its steps' probabilities, the end's
+    included. `allowed` (B, C) or (B, S, C) bool keeps each item's top-3 to its charset (the
+    logits then already give the other characters nothing)."""
     probs = logits.float().softmax(-1)
+    with_end = probs.shape[-1] == NUM_CHARS + 1
     readings = []
     for i, row in enumerate(probs):
-        mask = None if allowed is None else allowed[i]
-        chars = [char_reading(p, int(p.argmax()), mask) for p in row]
-        confidence = float(torch.tensor([c.confidence for c in chars]).prod())
+        chars, confidence = [], 1.0
+        for step, p in enumerate(row):
+            index = int(p.argmax())
+            confidence *= float(p[index])
+            if with_end and index == END:
+                break
+            mask = None if allowed is None else (allowed[i] if allowed.dim() == 2 else allowed[i, step])
+            chars.append(char_reading(p[:NUM_CHARS], index, None if mask is None else mask[:NUM_CHARS]))
         readings.append(CaptchaReading("".join(c.char for c in chars), confidence, chars))
     return readings

@@ -1,37 +1,47 @@
-"""Teach the CTC captcha reader every length: go on training it on fresh captchas of 1-8
-characters from the seed's generator (4 still the most common), its o/0 glyph net kept as it is.
+"""Teach the seed-style captcha readers every length: go on training one on fresh captchas of
+1-8 characters from the seed's generator (4 still the most common), its o/0 glyph net kept as it
+is. A fixed-length seq2seq reader first gets an end token (one more decoder step and class);
+`--width` widens the input so that 6-8 characters stay apart (the weights keep their shapes).
 
-    python -m training.captcha_lengths --init models/weights/captcha_ctc.json --minutes 40 --out /tmp/lengths
+    python -m training.captcha_lengths --init models/weights/captcha_ctc.json --width 128 --minutes 100 \
+        --precision bf16 --out /tmp/lengths_ctc
+    python -m training.captcha_lengths --init models/weights/captcha_seq2seq.json --width 128 --minutes 95 \
+        --lr 1e-3 --precision bf16 --out /tmp/lengths_seq2seq
     python -m training.captcha_lengths --evaluate models/weights/captcha_ctc.json   # the figures only
 
 The figures: 2,000 4-character captchas from the test seed (as the shipped manifest's), and
 1,000 each of 5 and 6 characters from seeds of their own, read as the service reads them (with
-the o/0 glyph net on the full-resolution image).
+the o/0 glyph net on the full-resolution image) and by the reader alone. Each epoch validates
+on 300 captchas of 4, 5 and 6 characters from other seeds.
 """
-
 from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
-from models.captcha_common import CHARSET
+from models.captcha_common import CHARSET, NUM_CHARS
+from models.captcha_seq2seq import END, CaptchaSeq2Seq
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device
 from models.preprocess import prepare_captcha
 from training.captcha_data import CaptchaGenerator
 from training.captcha_finetune import accuracy, ctc_loss
-from training.captcha_lib import TEST_SEED, random_shift
+from training.captcha_lib import TEST_SEED, VAL_SEED, random_shift
 from training.common import REPO_ROOT, seed_everything
 from training.export import export, training_section
-from training.loop import Budget, FitSettings, OneCycle, fit
+from training.loop import PRECISIONS, Budget, FitSettings, OneCycle, fit
 
 MAX_LENGTH = 8
 LENGTH_WEIGHTS = {1: 0.04, 2: 0.05, 3: 0.08, 4: 0.3, 5: 0.2, 6: 0.17, 7: 0.09, 8: 0.07}
 EVAL = {4: (2_000, TEST_SEED), 5: (1_000, TEST_SEED + 5), 6: (1_000, TEST_SEED + 6)}
+# Per-epoch validation (and the choice of the chunk to keep): seeds of their own, never the test's.
+VALIDATION = {4: (300, VAL_SEED + 4), 5: (300, VAL_SEED + 5), 6: (300, VAL_SEED + 6)}
 
 
 class MixedLengths(torch.utils.data.IterableDataset):
@@ -66,10 +76,12 @@ class Batches:
         return random_shift(x, self.gen).to(self.device), y.to(self.device)
 
 
-def eval_sets(contract: dict) -> dict[int, tuple[torch.Tensor, torch.Tensor | None, list[str]]]:
-    """Per length: (reader inputs (N, 1, H, W), full-resolution pixels or None, texts), as served."""
+def eval_sets(contract: dict, plan: dict[int, tuple[int, int]] = EVAL,
+              ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None, list[str]]]:
+    """Per length in `plan` ({length: (count, seed)}): (reader inputs (N, 1, H, W), full-resolution
+    pixels or None, texts), as served."""
     sets = {}
-    for length, (count, seed) in EVAL.items():
+    for length, (count, seed) in plan.items():
         gen = CaptchaGenerator(seed, length=length)
         xs, fulls, texts = [], [], []
         for _ in range(count):
@@ -92,16 +104,22 @@ def read_all(model, x: torch.Tensor, full: torch.Tensor | None, device, batch_si
     return out
 
 
-def length_metrics(model, sets, device) -> dict:
+def length_metrics(model, sets, device, alone: bool = False) -> dict:
+    """Full string and per char for each length's test set, as served (`alone`: without the o/0
+    glyph net, i.e. without the full-resolution image)."""
     metrics = {}
     for length, (x, full, texts) in sets.items():
-        figures = accuracy(read_all(model, x, full, device), texts)
+        answers = read_all(model, x, None if alone else full, device)
+        figures = accuracy(answers, texts)
         suffix = "" if length == 4 else f"_{length}_chars"
         metrics[f"full_string_accuracy{suffix}"] = figures["full_string_accuracy"]
         metrics[f"char_accuracy{suffix}"] = figures["char_accuracy"]
         metrics[f"test_samples{suffix}"] = len(texts)
         metrics[f"test_seed{suffix}"] = EVAL[length][1]
-        print(f"{length} characters: {figures['full_string_accuracy']:.2%} full string ({len(texts)})", flush=True)
+        if length == 4:
+            metrics["test_errors"] = [f"{t}->{p}" for t, p in zip(texts, answers) if t != p][:50]
+        print(f"{length} characters{' (reader alone)' if alone else ''}: {figures['full_string_accuracy']:.2%} full "
+              f"string ({len(texts)})", flush=True)
     return metrics
 
 
@@ -118,6 +136,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--seed", type=int, default=31)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--width", type=int, default=0,
+                        help="reader input width (a multiple of 4; 0: --init's). Wider keeps 6-8 characters apart; "
+                             "every weight keeps its shape, only the number of columns changes")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--out", default=str(REPO_ROOT / "models" / "weights"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -127,6 +149,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     if args.merge:
         return merge(Path(args.merge), Path(args.init), Path(args.out), device)
     model, manifest = load_checkpoint(args.evaluate or args.init, device)
+    if args.width and args.width != model.config.width:
+        model, manifest = widen(model, manifest, args.width, device)
+    if not args.evaluate and isinstance(model, CaptchaSeq2Seq) and not model.config.end_token:
+        model, manifest = with_end_token(model, manifest, MAX_LENGTH, device)
     sets = eval_sets(manifest.input)
     if args.evaluate:
         length_metrics(model, sets, device)
@@ -138,32 +164,81 @@ def main(argv: list[str] | None = None) -> Path | None:
     source = Batches(args.seed, manifest.input, args.batch_size, args.workers, gen, device)
     settings = FitSettings(budget=Budget(1_000, 200, minutes=args.minutes),
                            schedule=OneCycle(args.lr, warmup=0.05, final_div_factor=100.0, momentum=None),
-                           weight_decay=1e-2, clip=5.0, progress=not args.no_progress)
-    val_x, val_full, val_texts = sets[5]
+                           weight_decay=1e-2, clip=5.0, precision=args.precision, progress=not args.no_progress)
+    validation = eval_sets(manifest.input, VALIDATION)
 
     def evaluate() -> dict:
-        return {"val_5_chars": accuracy(read_all(model, val_x[:300], val_full[:300] if val_full is not None else None,
-                                                 device), val_texts[:300])["full_string_accuracy"]}
+        return {f"val_{n}_chars": accuracy(read_all(model, x, full, device), texts)["full_string_accuracy"]
+                for n, (x, full, texts) in validation.items()}
 
-    result = fit(model, source, ctc_loss, settings=settings, forward=lambda x: model(x), evaluate=evaluate)
+    loss = seq2seq_loss if isinstance(model, CaptchaSeq2Seq) else ctc_loss
+    result = fit(model, source, loss, settings=settings, forward=lambda x: model(x), evaluate=evaluate)
     chunk = training_section(result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
-                             lengths=LENGTH_WEIGHTS)
+                             length_weights=LENGTH_WEIGHTS, width=model.config.width, lr=args.lr,
+                             end_token=getattr(model.config, "end_token", False))
     return finish(model, manifest, chunk, sets, device, Path(args.out))
+
+
+def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits (B, S, 37) of an end-token reader; labels (B, L <= S - 1) class indices padded with -1
+    -> cross-entropy over each character and the end token after it (later steps not scored)."""
+    b, steps = logits.shape[:2]
+    targets = torch.full((b, steps), -100, dtype=torch.long, device=labels.device)
+    targets[:, :labels.shape[1]] = labels.masked_fill(labels < 0, -100)
+    targets[torch.arange(b, device=labels.device), (labels >= 0).sum(1)] = END
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
+def with_end_token(model: CaptchaSeq2Seq, manifest, length: int, device):
+    """A fixed-length seq2seq reader -> one that writes up to `length` characters and an end token.
+    Everything carries over; the new steps' position vectors start as random as the first ones
+    did, and the end token's row of the head starts at zero."""
+    config = replace(model.config, end_token=True, length=length)
+    new = CaptchaSeq2Seq(config).to(device)
+    state = model.state_dict()
+    with torch.no_grad():
+        old = state.pop("position")
+        new.position[:len(old)] = old
+        head_w, head_b = state.pop("head.weight"), state.pop("head.bias")
+        new.head.weight.zero_()
+        new.head.bias.zero_()
+        new.head.weight[:NUM_CHARS], new.head.bias[:NUM_CHARS] = head_w, head_b
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    assert set(missing) == {"position", "head.weight", "head.bias"} and not unexpected, (missing, unexpected)
+    manifest.architecture = config.to_dict()
+    manifest.outputs = (f"{config.steps} steps x 37: charset[k] for k < 36, 36 = end; greedy: argmax per step up to "
+                        "the first end")
+    manifest.description = new.describe()
+    return new, manifest
+
+
+def widen(model, manifest, width: int, device):
+    """The same reader on a `width` px wide input: conv, GRU and head keep their shapes (the
+    columns are 4 px each, so there are width/4 of them); the input contract says so."""
+    config = replace(model.config, width=width)
+    wide = type(model)(config).to(device)
+    wide.load_state_dict(model.state_dict())
+    manifest.architecture = config.to_dict()
+    manifest.input = {**manifest.input, "width": width,
+                      "resize": f"PIL bilinear (antialiased) from any size to {width}x{config.height}",
+                      "layout": f"read column by column: {width // 4} columns of 4 px"}
+    manifest.description = wide.describe()
+    return wide, manifest
 
 
 def finish(model, manifest, chunk: dict, sets, device, out: Path) -> Path:
     """The reader's manifest as it was (provenance, o/0 glyph net, figures) plus this chunk under
     `training.lengths`, the totals counting it, and its figures per length."""
-    metrics = length_metrics(model, sets, device)
-    x, full, texts = sets[4]
-    errors = [f"{t}->{p}" for t, p in zip(texts, read_all(model, x, full, device)) if t != p]
-    manifest.metrics.update(metrics, test_errors=errors[:50])
+    manifest.metrics.update(length_metrics(model, sets, device))
+    if model.o0 is not None:
+        manifest.metrics["reader_alone"] = {k: v for k, v in length_metrics(model, sets, device, alone=True).items()
+                                            if not k.startswith("test_s")}
     training = manifest.training
     training["lengths"] = chunk
     training["samples_seen"] = training.get("samples_seen", 0) + chunk["samples_seen"]
     training["seconds"] = round(training.get("seconds", 0) + chunk["seconds"], 1)
     manifest.length = None
-    if "reads 1-8 characters" not in (manifest.description or ""):
+    if "reads 1-8 characters" not in (manifest.description or "") and "end token" not in (manifest.description or ""):
         manifest.description = (manifest.description or "") + "; reads 1-8 characters"
     json_path = export(model, manifest, out, manifest.name)
     print(f"wrote {json_path}", flush=True)
@@ -180,6 +255,15 @@ def merge(run_json: Path, init: Path, out: Path, device) -> Path:
     last = (t.get("chunks") or [{}])[-1]
     chunk["samples_seen"], chunk["seconds"] = last.get("samples_seen", chunk["samples_seen"]), last.get(
         "seconds", chunk["seconds"])
+    if "lengths" in chunk:  # runs before the key's rename
+        chunk["length_weights"] = chunk.pop("lengths")
+    chunk.setdefault("width", model.config.width)
+    chunk.setdefault("end_token", getattr(model.config, "end_token", False))
+    # The run's network (widened, with an end token) and its input contract; the rest from --init.
+    for key in ("architecture", "input", "outputs", "description", "parameters"):
+        setattr(manifest, key, getattr(run_manifest, key))
+    if run_manifest.training.get("o0") != manifest.training.get("o0"):  # a glyph net trained for the run's reader
+        manifest.training["o0"] = run_manifest.training["o0"]
     return finish(model, manifest, chunk, eval_sets(manifest.input), device, out)
 
 
