@@ -23,7 +23,7 @@ from models.manifest import Manifest  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "weights"
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
-CAPTCHA_TARGETS = {"seq2seq": 0.9875, "default": 0.995}  # issue #3
+CAPTCHA_TARGETS = {"seq2seq": 0.9875, "default": 0.995, "default_longer": 0.99}  # issues #3, #12
 
 
 def _fmt_pct(v):
@@ -114,21 +114,45 @@ def _glyph_parameters(config: dict) -> int:
     return sum(p.numel() for p in O0GlyphNet(O0GlyphConfig(**config)).parameters())
 
 
+def _o0_lengths(data: dict) -> str:
+    """ " of 4-8 characters" for an o/0 set of several lengths, else nothing (4, as the readers)."""
+    lengths = data.get("lengths") or [4]
+    return f" of {min(lengths)}-{max(lengths)} characters" if len(lengths) > 1 else ""
+
+
+def _lengths_note(variant: str, manifest: dict, chunk: dict) -> str:
+    """How a seed-style reader learned every length (training.captcha_lengths), from its manifest."""
+    arch = manifest["architecture"]
+    weights = chunk.get("length_weights") or {}
+    share = ", ".join(f"{n}: {w:.0%}" for n, w in weights.items())
+    end = (f", with an end token ({arch['length'] + 1} decoder steps, 37 classes)" if chunk.get("end_token") else "")
+    return (f"Then `{variant}` learned every length (`training/captcha_lengths.py`): from the weights above, its input "
+            f"widened to {arch['width']}x{arch['height']} ({arch['width'] // 4} columns){end}, trained on fresh captchas "
+            f"of 1-8 characters from the same generator ({share}) with the o/0 glyph net kept as it was: "
+            f"{chunk['samples_seen']:,} samples in {chunk['seconds'] / 60:.0f} min on one thread, peak lr "
+            f"{chunk.get('lr', 'n/a')}, {chunk.get('precision', 'fp32')}.")
+
+
 def render_captcha() -> str:
     manifests = {v: json.loads((WEIGHTS / f"captcha_{v}.json").read_text()) for v in ("seq2seq", "ctc")}
     default = max(manifests, key=lambda v: manifests[v]["metrics"]["full_string_accuracy"])
     some = manifests[default]["metrics"]
+    longer = [n for n in (5, 6) if f"test_samples_{n}_chars" in some]
     lines = [f"Measured on {some['test_samples']:,} fresh captchas from seed {some['test_seed']}, never used in training "
              "or for any choice (full string = all 4 characters right, case ignored; per char = 1 - edit distance / 4; "
-             "o/0: misreads whose only wrong characters are o and 0):", "",
-             "| model | parameters | full-string accuracy | per-char accuracy | misreads | of them o/0 |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "o/0: misreads whose only wrong characters are o and 0)"
+             + "".join(f"; and on {some[f'test_samples_{n}_chars']:,} captchas of {n} characters from the same generator "
+                       f"(seed {some[f'test_seed_{n}_chars']})" for n in longer) + ":", "",
+             "| model | parameters | full-string accuracy | per-char accuracy | misreads | of them o/0 |"
+             + "".join(f" {n} characters |" for n in longer),
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(longer)]
     def row(name: str, parameters: int, met: dict, bold: bool) -> str:
         errors = [e.split("->") for e in met.get("test_errors", [])]
         wrong = round((1 - met["full_string_accuracy"]) * manifests[default]["metrics"]["test_samples"])
         o0 = sum(_is_o0(t, r) for t, r in errors)
         full = f"**{met['full_string_accuracy']:.2%}**" if bold else f"{met['full_string_accuracy']:.2%}"
-        return f"| {name} | {parameters:,} | {full} | {met['char_accuracy']:.2%} | {wrong} | {o0} |"
+        more = "".join(f" {_fmt_pct(met.get(f'full_string_accuracy_{n}_chars'))} |" for n in longer)
+        return f"| {name} | {parameters:,} | {full} | {met['char_accuracy']:.2%} | {wrong} | {o0} |{more}"
 
     glyph = manifests["seq2seq"]["architecture"].get("o0")
     for v in sorted(manifests, key=lambda v: v != default):
@@ -144,6 +168,12 @@ def render_captcha() -> str:
     lines += ["", f"Targets: `seq2seq` >= {CAPTCHA_TARGETS['seq2seq']:.2%}: {verdict(s2s, CAPTCHA_TARGETS['seq2seq'])} "
               f"({s2s:.2%}); the served default >= {CAPTCHA_TARGETS['default']:.2%}: "
               f"{verdict(top, CAPTCHA_TARGETS['default'])} ({top:.2%})."]
+    if longer:
+        got = {n: some.get(f"full_string_accuracy_{n}_chars") or 0.0 for n in longer}
+        lines[-1] += (" Any length (issue #12): the served default >= "
+                      + ", ".join(f"{CAPTCHA_TARGETS['default_longer']:.2%} on {n} characters: "
+                                  f"{verdict(got[n], CAPTCHA_TARGETS['default_longer'])} ({got[n]:.2%})" for n in longer)
+                      + ".")
     tta = (manifests["seq2seq"]["training"].get("soup") or {}).get("test_time_shifts")
     if tta and tta["used"]:
         shifts = ", ".join(f"({dx:+d}, {dy:+d})" for dx, dy in tta["shifts"])
@@ -160,7 +190,8 @@ def render_captcha() -> str:
                   f"wide, full-height window of the 160x60 image itself, centred where the reader's attention for that "
                   f"character centres; the two log-odds of 0 against o are combined as {glyph['mix'][0]:.2f} x glyph net "
                   f"+ {glyph['mix'][1]:.2f} x reader (fitted on validation windows). It was trained on {o0['windows']:,} "
-                  f"such windows cut from {data['count']:,} captchas where each character is o, O or 0 with probability "
+                  f"such windows cut from {data['count']:,} captchas{_o0_lengths(data)} where each character is o, O or 0 "
+                  "with probability "
                   f"{data['o0_share']:.0%} ({o0['epochs']} epochs, {o0['samples_seen']:,} samples, "
                   f"{o0['seconds'] / 60:.0f} min on 2 threads, cutting the windows included). Of the validation o/0 "
                   f"characters the reader answered o or 0 ({data_val['count']:,} captchas, seed {data_val['seed']}), the "
@@ -168,7 +199,17 @@ def render_captcha() -> str:
                   f"{errs['mix']:,}; on {o0['val_samples']:,} ordinary validation captchas the full-string accuracy goes "
                   f"from {val['alone']:.2%} to {val['with_o0']:.2%}."]
         ctc_o0 = manifests["ctc"]["training"].get("o0")
-        if manifests["ctc"]["architecture"].get("o0") and ctc_o0:
+        if manifests["ctc"]["architecture"].get("o0") and ctc_o0 and "glyph_from" not in ctc_o0:
+            errs, mix = ctc_o0["validation_window_errors"], manifests["ctc"]["architecture"]["o0"]["mix"]
+            data = ctc_o0["data"]["train"]
+            lines += ["", f"The `ctc` reader has a glyph net of its own (the same design), trained on {ctc_o0['windows']:,} "
+                      f"windows centred on the columns of its CTC runs, cut from {data['count']:,} captchas"
+                      f"{_o0_lengths(data)} where each character is o, O or 0 with probability {data['o0_share']:.0%} "
+                      f"({ctc_o0['epochs']} epochs, {ctc_o0['samples_seen']:,} samples, {ctc_o0['seconds'] / 60:.0f} min), "
+                      f"and mixed as {mix[0]:.2f} x glyph net + {mix[1]:.2f} x reader: of the {errs['characters']:,} "
+                      f"o/0 characters of the validation captchas{_o0_lengths(ctc_o0['data']['validation'])} it answered "
+                      f"o or 0, it got {errs['reader']:,} wrong alone and {errs['mix']:,} with the glyph net."]
+        elif manifests["ctc"]["architecture"].get("o0") and ctc_o0:
             errs, mix = ctc_o0["validation_window_errors"], manifests["ctc"]["architecture"]["o0"]["mix"]
             lines += ["", f"The `ctc` reader carries the same glyph net (the same weights), its windows centred on the "
                       f"columns of each run read as o or 0 and mixed as {mix[0]:.2f} x glyph net + {mix[1]:.2f} x "
@@ -184,6 +225,10 @@ def render_captcha() -> str:
     lines += ["", "How the committed weights were made (both readers in the same joint runs; minutes are single-core "
               "wall time, two runs side by side on the 2 cores):"]
     lines += [f"{k}. {stage}." for k, stage in enumerate(reversed(stages), 1)]
+    for v in sorted(manifests, key=lambda v: v != default):
+        chunk = manifests[v]["training"].get("lengths")
+        if isinstance(chunk, dict) and "samples_seen" in chunk:
+            lines += ["", _lengths_note(v, manifests[v], chunk)]
     lines += ["", f"Altogether {t['samples_seen']:,} training samples and {t['seconds'] / 3600:.1f} h of single-core "
               f"training time, from {t['unique_captchas']:,} pool captchas with random shifts; "
               f"{t.get('precision', 'fp32')}."]

@@ -238,6 +238,14 @@ def test_captcha_joint_runs_and_soup(tmp_path):
     assert manifest.training["samples_seen"] == (64 * 3 if chosen == "average" else 64 * 2)
 
 
+def save_captcha_reader(model, folder):
+    """A (tiny) captcha reader as a checkpoint the o/0 trainer can load: <folder>/captcha_<variant>.json."""
+    variant = model.config.variant
+    save_checkpoint(model, {"task": "captcha", "variant": variant, "architecture": model.config.to_dict(),
+                            "input": {"height": 32, "width": 96}, "metrics": {"test_seed": 424242},
+                            "training": {"samples_seen": 10, "seconds": 1.0}}, folder, f"captcha_{variant}")
+
+
 def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
     """o/0-rich full-resolution sets -> the glyph net trained on windows where a (tiny) reader
     looks -> exported inside the seq2seq checkpoint, which loads and reads with it."""
@@ -257,9 +265,7 @@ def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
     torch.manual_seed(0)
     reader = CaptchaSeq2Seq(CaptchaSeq2SeqConfig(channels=[4, 8, 8, 8], encoder_hidden=8, decoder_hidden=16,
                                                  attention_size=8, test_time_shifts=[[0, 0], [2, 0]])).eval()
-    save_checkpoint(reader, {"task": "captcha", "variant": "seq2seq", "architecture": reader.config.to_dict(),
-                             "input": {"height": 32, "width": 96}, "metrics": {"test_seed": 424242},
-                             "training": {"samples_seen": 10, "seconds": 1.0}}, tmp_path / "reader", "captcha_seq2seq")
+    save_captcha_reader(reader, tmp_path / "reader")
     o0_main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
              "--reader", str(tmp_path / "reader" / "captcha_seq2seq.json"), "--out", str(tmp_path / "out"),
              "--epochs", "1", "--batch-size", "16", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
@@ -292,9 +298,7 @@ def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(CaptchaCTC, "forward", fixed_columns)
     ctc = CaptchaCTC(CaptchaCTCConfig(channels=[4, 8, 8, 8], hidden_size=8)).eval()
-    save_checkpoint(ctc, {"task": "captcha", "variant": "ctc", "architecture": ctc.config.to_dict(),
-                          "input": {"height": 32, "width": 96}, "metrics": {"test_seed": 424242},
-                          "training": {"samples_seen": 10, "seconds": 1.0}}, tmp_path / "reader", "captcha_ctc")
+    save_captcha_reader(ctc, tmp_path / "reader")
     o0_main(["attach", "--val", str(tmp_path / "val"), "--reader", str(tmp_path / "reader" / "captcha_ctc.json"),
              "--glyph", str(tmp_path / "out" / "captcha_seq2seq.json"), "--out", str(tmp_path / "out"),
              "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
@@ -306,3 +310,74 @@ def test_captcha_o0_glyph_net_pipeline(tmp_path, monkeypatch):
     assert o0["validation_window_errors"]["characters"] > 0 and "full_resolution" in ctc_manifest.input
     readings = ctc_model.read(x, full=torch.randint(0, 256, (3, 60, 160), dtype=torch.uint8))
     assert all(len(r.text) == 4 and r.text[3] == "k" and set(r.text[:3]) <= {"o", "0"} for r in readings)
+
+
+def test_captcha_o0_glyph_net_for_a_ctc_reader_of_every_length(tmp_path, monkeypatch):
+    """Mixed-length o/0-rich sets (labels padded with -1) -> a glyph net trained on the windows of
+    a ctc reader's own runs, only on captchas it read at their label's length."""
+    from models.captcha_common import CHARSET
+    from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
+    from models.captcha_o0 import INDEX_O, INDEX_ZERO
+    from training.captcha_o0 import load_o0_set, main as o0_main
+
+    for name, seed, count in (("train", 5, 60), ("val", 6, 30)):
+        o0_main(["data", "--count", str(count), "--seed", str(seed), "--out", str(tmp_path / name), "--o0-share", "0.6",
+                 "--workers", "1", "--lengths", "4-5"])
+    full, labels, meta = load_o0_set(tmp_path / "train")
+    lengths = (labels >= 0).sum(1)
+    assert labels.shape == (60, 5) and meta["lengths"] == [4, 5] and set(lengths.tolist()) == {4, 5}
+    assert (labels[lengths == 4, 4] == -1).all() and (labels[:, :4] >= 0).all()
+
+    def four_runs(self, x):  # every captcha read as 4 characters: o, 0, o, k
+        logits = torch.zeros(x.shape[0], 24, len(CHARSET) + 1)
+        logits[:, :, 0] = 5.0
+        for cols, char in (([2, 3], "o"), ([8], "0"), ([14], "o"), ([20], "k")):
+            logits[:, cols, CHARSET.index(char) + 1] = 9.0
+        return logits
+
+    monkeypatch.setattr(CaptchaCTC, "forward", four_runs)
+    ctc = CaptchaCTC(CaptchaCTCConfig(channels=[4, 8, 8, 8], hidden_size=8)).eval()
+    save_captcha_reader(ctc, tmp_path / "reader")
+    o0_main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
+             "--reader", str(tmp_path / "reader" / "captcha_ctc.json"), "--out", str(tmp_path / "out"),
+             "--epochs", "1", "--batch-size", "8", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
+    model, manifest = load_checkpoint(tmp_path / "out" / "captcha_ctc.json")
+    o0 = manifest.training["o0"]
+    # Windows only from the 4-character captchas (read at their length), at their o/0 positions.
+    assert o0["windows"] == int(np.isin(labels[lengths == 4], [INDEX_O, INDEX_ZERO]).sum()) > 0
+    assert "CTC run" in o0["how"] and manifest.architecture["o0"]["mix"] == o0["mix"] and model.o0 is not None
+    assert "CTC run" in manifest.input["full_resolution"]["for"]
+
+
+def test_captcha_o0_glyph_net_for_an_end_token_seq2seq(tmp_path, monkeypatch):
+    """An end-token seq2seq reader's glyph net trains on mixed lengths: only captchas whose
+    reading ends right after the label's last character give windows (here every reading is
+    4 characters and the end, so the 4-character captchas)."""
+    import training.captcha_o0 as o0
+    from models.captcha_common import CHARSET
+    from models.captcha_o0 import INDEX_O, INDEX_ZERO
+    from models.captcha_seq2seq import END, CaptchaSeq2Seq, CaptchaSeq2SeqConfig
+
+    for name, seed, count in (("train", 7, 50), ("val", 8, 30)):
+        o0.main(["data", "--count", str(count), "--seed", str(seed), "--out", str(tmp_path / name), "--o0-share", "0.6",
+                 "--workers", "1", "--lengths", "4-5"])
+    _, labels, _ = o0.load_o0_set(tmp_path / "train")
+
+    def four_then_end(reader, full, batch=500):
+        lp = torch.full((len(full), reader.config.steps, reader.config.classes), -9.0)
+        for step, char in enumerate("o0ok"):
+            lp[:, step, CHARSET.index(char)] = -0.1
+        lp[:, 4:, END] = -0.1
+        return lp, torch.tensor([24.0, 56.0, 88.0, 120.0] + [140.0] * 5).expand(len(full), -1)
+
+    monkeypatch.setattr(o0, "locate", four_then_end)
+    reader = CaptchaSeq2Seq(CaptchaSeq2SeqConfig(channels=[4, 8, 8, 8], encoder_hidden=8, decoder_hidden=16,
+                                                 attention_size=8, end_token=True, length=8)).eval()
+    save_captcha_reader(reader, tmp_path / "reader")
+    o0.main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
+             "--reader", str(tmp_path / "reader" / "captcha_seq2seq.json"), "--out", str(tmp_path / "out"),
+             "--epochs", "1", "--batch-size", "8", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
+    model, manifest = load_checkpoint(tmp_path / "out" / "captcha_seq2seq.json")
+    four = (labels >= 0).sum(1) == 4
+    assert manifest.training["o0"]["windows"] == int(np.isin(labels[four], [INDEX_O, INDEX_ZERO]).sum()) > 0
+    assert model.o0 is not None and model.config.end_token and "attention" in manifest.training["o0"]["how"]

@@ -6,6 +6,11 @@
     # train the glyph net on windows cut where the committed reader looks, then export
     # models/weights/captcha_seq2seq.* with the glyph net inside (the reader's weights unchanged)
     python -m training.captcha_o0 train --data data/captcha_o0/train --val data/captcha_o0/val --epochs 6 --threads 2
+    # a reader of every length: its own glyph net, on captchas of 4-8 characters, windows on its CTC runs
+    python -m training.captcha_o0 data --count 80000 --seed 5200 --lengths 4-8 --out data/captcha_o0/train48
+    python -m training.captcha_o0 data --count 10000 --seed 5300 --lengths 4-8 --out data/captcha_o0/val48
+    python -m training.captcha_o0 train --reader models/weights/captcha_ctc.json --data data/captcha_o0/train48 \
+        --val data/captcha_o0/val48 --epochs 4
 
 Why: most of the reader's misreads are o read as 0 or 0 as o. The generator crops each glyph
 to its ink and stretches it to its font's full box, so o, O and 0 come out as ovals of the same
@@ -41,7 +46,7 @@ from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, a
                                standardise_windows)
 from models.captcha_ctc import CaptchaCTC
 from models.ctc import greedy_runs
-from models.captcha_seq2seq import CaptchaSeq2Seq
+from models.captcha_seq2seq import END, CaptchaSeq2Seq
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device
 from models.manifest import Manifest
@@ -64,33 +69,37 @@ def o0_rich_text(rng: random.Random, share: float, length: int = CAPTCHA_LENGTH)
                    for _ in range(length))
 
 
-def _chunk(args: tuple[int, int, float]) -> tuple[np.ndarray, np.ndarray]:
-    seed, count, share = args
+def _chunk(args: tuple[int, int, float, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    seed, count, share, lengths = args
     torch.set_num_threads(1)
     gen = CaptchaGenerator(seed)
     full = np.empty((count, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH), np.uint8)
-    labels = np.empty((count, CAPTCHA_LENGTH), np.int64)
+    labels = np.full((count, max(lengths)), -1, np.int64)  # padded with -1 after a shorter label
     for i in range(count):
-        text = o0_rich_text(gen.rng, share)
+        # One length: no draw, so the 4-character sets stay as they were drawn before lengths.
+        length = lengths[0] if len(lengths) == 1 else gen.rng.choice(lengths)
+        text = o0_rich_text(gen.rng, share, length)
         full[i] = captcha_pixels(gen.image(text), CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
-        labels[i] = encode_label(text)
+        labels[i, :length] = encode_label(text)
     return full, labels
 
 
 def write_o0_set(out: str | Path, count: int, seed: int, share: float = 0.4, workers: int = 1,
-                 chunk: int = 5000) -> Path:
-    """<out>/full.npy (uint8 (N, 60, 160) grey, as drawn), labels.npy (int64 (N, 4)), meta.json.
-    Chunk k is drawn from seed * 100000 + k (the same set whatever the worker count)."""
+                 chunk: int = 5000, lengths: tuple[int, ...] = (CAPTCHA_LENGTH,)) -> Path:
+    """<out>/full.npy (uint8 (N, 60, 160) grey, as drawn), labels.npy (int64 (N, max length),
+    padded with -1), meta.json. Each captcha's length is drawn evenly from `lengths`. Chunk k is
+    drawn from seed * 100000 + k (the same set whatever the worker count)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     full = np.lib.format.open_memmap(out / "full.npy", mode="w+", dtype=np.uint8,
                                      shape=(count, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH))
-    labels = np.lib.format.open_memmap(out / "labels.npy", mode="w+", dtype=np.int64, shape=(count, CAPTCHA_LENGTH))
-    jobs = [(seed * 100000 + k, min(chunk, count - k * chunk), share) for k in range(math.ceil(count / chunk))]
+    labels = np.lib.format.open_memmap(out / "labels.npy", mode="w+", dtype=np.int64, shape=(count, max(lengths)))
+    jobs = [(seed * 100000 + k, min(chunk, count - k * chunk), share, tuple(lengths))
+            for k in range(math.ceil(count / chunk))]
     fill_in_chunks(_chunk, jobs, (full, labels), chunk, workers, "o0 set")
     (out / "meta.json").write_text(json.dumps({"count": count, "seed": seed, "o0_share": share, "chunk": chunk,
-                                               "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
-                                               "charset": CHARSET}, indent=2) + "\n")
+                                               "lengths": list(lengths), "height": CAPTCHA_FULL_HEIGHT,
+                                               "width": CAPTCHA_FULL_WIDTH, "charset": CHARSET}, indent=2) + "\n")
     return out
 
 
@@ -108,8 +117,8 @@ def reader_pixels(full: np.ndarray, height: int, width: int) -> np.ndarray:
 
 @torch.inference_mode()
 def locate(reader: CaptchaSeq2Seq, full: np.ndarray, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the reader (with its test-time shifts, if any) -> (its log-probs (N, 4, 36), each
-    character's attention centre (N, 4) in full-resolution x pixels)."""
+    """Run the reader (with its test-time shifts, if any) -> (its log-probs (N, S, C), each
+    step's attention centre (N, S) in full-resolution x pixels)."""
     lps, centres = [], []
     h, w = reader.config.height, reader.config.width
     for i in range(0, len(full), batch):
@@ -123,7 +132,8 @@ def locate(reader: CaptchaSeq2Seq, full: np.ndarray, batch: int = 500) -> tuple[
 def o0_windows(full: np.ndarray, labels: np.ndarray, centres: torch.Tensor, width: int,
                batch: int = 2000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windows (uint8 (M, 1, 60, width), grey as drawn) at every position whose true character
-    is o or 0, their targets (M,) 1.0 = 0, and which (captcha, position) each came from (M, 2)."""
+    is o or 0 (labels (N, L), -1 = no character), their targets (M,) 1.0 = 0, and which
+    (captcha, position) each came from (M, 2)."""
     wins, targets, where = [], [], []
     labels_t = torch.from_numpy(np.array(labels))  # a copy: the sets are read-only memory maps
     for i in range(0, len(full), batch):
@@ -133,7 +143,7 @@ def o0_windows(full: np.ndarray, labels: np.ndarray, centres: torch.Tensor, widt
         wins.append(w[keep].round().to(torch.uint8))
         targets.append((lab.flatten()[keep] == INDEX_ZERO).float())
         idx = torch.nonzero(keep).squeeze(1)
-        where.append(torch.stack([idx // CAPTCHA_LENGTH + i, idx % CAPTCHA_LENGTH], 1))
+        where.append(torch.stack([idx // lab.shape[1] + i, idx % lab.shape[1]], 1))
     return torch.cat(wins), torch.cat(targets), torch.cat(where)
 
 
@@ -179,20 +189,24 @@ def fit_mix(glyph: torch.Tensor, reader: torch.Tensor, target: torch.Tensor) -> 
 
 
 @torch.inference_mode()
-def locate_ctc(reader: CaptchaCTC, full: np.ndarray, batch: int = 500,
+def locate_ctc(reader: CaptchaCTC, full: np.ndarray, labels: np.ndarray | None = None, batch: int = 500,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the ctc reader -> per captcha and character: its answer (N, 4) (-1 for every
-    position of a captcha not read as 4 characters: its positions do not line up with the
-    label), log p(0) - log p(o) at the run's best column (N, 4), and the run's centre (N, 4)
-    in full-resolution x pixels, as `CaptchaCTC.o0_candidates` computes it."""
+    """Run the ctc reader -> per captcha and character position: its answer (N, L) (-1 for
+    every position of a captcha not read at its label's length: its positions do not line up
+    with the label), log p(0) - log p(o) at the run's best column (N, L), and the run's centre
+    (N, L) in full-resolution x pixels, as `CaptchaCTC.o0_candidates` computes it. `labels`
+    (N, L) padded with -1 give each captcha's length (None: 4 characters each)."""
     h, w = reader.config.height, reader.config.width
+    width = CAPTCHA_LENGTH if labels is None else labels.shape[1]
     answers, logodds, centres = [], [], []
     for i in range(0, len(full), batch):
         lp = reader(to_captcha_tensor(reader_pixels(full[i:i + batch], h, w))).float().log_softmax(-1)  # (B, T, 37)
-        a, r, c = torch.full((len(lp), CAPTCHA_LENGTH), -1), torch.zeros(len(lp), 4), torch.zeros(len(lp), 4)
+        a, r, c = torch.full((len(lp), width), -1), torch.zeros(len(lp), width), torch.zeros(len(lp), width)
+        lengths = ([CAPTCHA_LENGTH] * len(lp) if labels is None
+                   else (np.asarray(labels[i:i + batch]) >= 0).sum(1).tolist())
         for b, row in enumerate(lp.argmax(-1).tolist()):
             runs = greedy_runs(row)
-            if len(runs) != CAPTCHA_LENGTH:
+            if len(runs) != lengths[b]:
                 continue
             for j, (k, cols) in enumerate(runs):
                 best = max(cols, key=lambda t: float(lp[b, t, k + 1]))
@@ -202,6 +216,29 @@ def locate_ctc(reader: CaptchaCTC, full: np.ndarray, batch: int = 500,
         logodds.append(r)
         centres.append(c)
     return torch.cat(answers), torch.cat(logodds), torch.cat(centres)
+
+
+def seq2seq_positions(reader: CaptchaSeq2Seq, full: np.ndarray, labels: np.ndarray,
+                      ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """`locate` cut to the labels' L positions -> (log-probs (N, L, C), attention centres (N, L),
+    the labels kept only where the reading lines up with them, else -1). An end-token reader's
+    steps line up with a label when it ends right after the label's last character."""
+    lp, centres = locate(reader, full)  # (N, S, C), (N, S)
+    labels = np.asarray(labels)
+    width = labels.shape[1]
+    if reader.config.end_token:
+        best = lp.argmax(-1)  # (N, S)
+        ended = torch.where((best == END).any(1), (best == END).int().argmax(1), torch.tensor(best.shape[1]))
+        lined = ended.numpy() == (labels >= 0).sum(1)
+        labels = np.where(lined[:, None], labels, -1)
+    return lp[:, :width], centres[:, :width], labels
+
+
+def ctc_positions(reader: CaptchaCTC, full: np.ndarray, labels: np.ndarray,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """`locate_ctc`, plus the labels kept only where the reading lines up with them (else -1)."""
+    answers, logodds, centres = locate_ctc(reader, full, labels)
+    return answers, logodds, centres, np.where(answers.numpy() >= 0, np.asarray(labels), -1)
 
 
 def mix_on_validation(glyph: torch.Tensor, reader_logodds: torch.Tensor, answered: torch.Tensor,
@@ -292,23 +329,32 @@ def train(args) -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     reader, manifest = load_checkpoint(args.reader)
-    if not isinstance(reader, CaptchaSeq2Seq):
-        raise SystemExit(f"{args.reader}: the glyph net trains on the seq2seq reader's attention; "
-                         "attach it to a ctc reader afterwards with the `attach` command")
     reader = without_o0(reader)  # start from the reader alone
-    single_view = CaptchaSeq2Seq(replace(reader.config, test_time_shifts=[]))
-    single_view.load_state_dict(reader.state_dict())
-    single_view.eval()
     config = O0GlyphConfig(width=args.window)
     margin = args.jitter  # windows are cut wider and cropped at random: +-jitter px of placement noise
     start = time.perf_counter()
 
     train_full, train_labels, train_meta = load_o0_set(args.data)
     val_full, val_labels, val_meta = load_o0_set(args.val)
-    # Attention does not depend on the test-time shifts (it is taken on the unshifted view), so
-    # the training windows come from one view; validation uses the reader as it serves.
-    _, train_centres = locate(single_view, train_full)
-    val_lp, val_centres = locate(reader, val_full)
+    if isinstance(reader, CaptchaCTC):
+        # Windows centred on the reader's own runs, as it serves; captchas it read at another
+        # length than their label's are left out (their runs do not line up with the label).
+        _, _, train_centres, train_labels = ctc_positions(reader, train_full, train_labels)
+        val_answers, val_logodds, val_centres, val_labels = ctc_positions(reader, val_full, val_labels)
+        centred_by = "the columns of the character's CTC run"
+    else:
+        most = reader.config.length if reader.config.end_token else reader.config.steps
+        if train_labels.shape[1] > most or (not reader.config.end_token and train_labels.shape[1] != most):
+            raise SystemExit(f"{args.reader}: this seq2seq reader writes {'up to ' if reader.config.end_token else ''}"
+                             f"{most} characters; its glyph net trains on captchas it can read")
+        single_view = CaptchaSeq2Seq(replace(reader.config, test_time_shifts=[]))
+        single_view.load_state_dict(reader.state_dict())
+        single_view.eval()
+        # Attention does not depend on the test-time shifts (it is taken on the unshifted view), so
+        # the training windows come from one view; validation uses the reader as it serves.
+        _, train_centres, train_labels = seq2seq_positions(single_view, train_full, train_labels)
+        val_lp, val_centres, val_labels = seq2seq_positions(reader, val_full, val_labels)
+        centred_by = "the reader's attention for the character"
     xtr, ytr, _ = o0_windows(train_full, train_labels, train_centres, config.width + 2 * margin)
     xva, yva, where_va = o0_windows(val_full, val_labels, val_centres, config.width)
     print(f"{len(xtr):,} training windows ({int(ytr.sum()):,} zeros), {len(xva):,} validation windows "
@@ -327,8 +373,12 @@ def train(args) -> None:
 
     net = net.cpu()
     g = glyph_logits(net, xva)
-    lp = val_lp[where_va[:, 0], where_va[:, 1]]  # (M, 36)
-    mix, errors = mix_on_validation(g, lp[:, INDEX_ZERO] - lp[:, INDEX_O], lp.argmax(-1), yva)
+    if isinstance(reader, CaptchaCTC):
+        at = (where_va[:, 0], where_va[:, 1])
+        mix, errors = mix_on_validation(g, val_logodds[at], val_answers[at], yva)
+    else:
+        lp = val_lp[where_va[:, 0], where_va[:, 1]]  # (M, 36)
+        mix, errors = mix_on_validation(g, lp[:, INDEX_ZERO] - lp[:, INDEX_O], lp.argmax(-1), yva)
     net.config = replace(config, mix=mix)
     combined = with_o0(reader, net)
     results = score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
@@ -336,10 +386,10 @@ def train(args) -> None:
     json_path = export_with_o0(combined, manifest, results, training_section(
         result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
         how="the reader's weights unchanged; a glyph CNN trained on windows of o/0-rich full-resolution captchas "
-            "cut where the reader's attention centres, its weight against the reader fitted on validation windows",
+            f"cut where {centred_by} centres, its weight against the reader fitted on validation windows",
         data={"train": train_meta, "validation": val_meta}, parameters=sum(p.numel() for p in net.parameters()),
         windows=len(xtr), lr=args.lr, jitter_px=margin, seconds=seconds, mix=mix, validation_window_errors=errors,
-        val_samples=args.val_samples), args.out, "the reader's attention for the character")
+        val_samples=args.val_samples), args.out, centred_by)
     print(f"wrote {json_path} [{seconds:.0f}s]")
 
 
@@ -358,9 +408,9 @@ def attach(args) -> None:
     net = source.o0.eval()
 
     val_full, val_labels, val_meta = load_o0_set(args.val)
-    answers, logodds, centres = locate_ctc(reader, val_full)
+    answers, logodds, centres = locate_ctc(reader, val_full, val_labels)
     labels = torch.from_numpy(np.array(val_labels))
-    keep = ((labels == INDEX_O) | (labels == INDEX_ZERO)) & (answers >= 0)  # (N, 4) o/0 truths, lined up
+    keep = ((labels == INDEX_O) | (labels == INDEX_ZERO)) & (answers >= 0)  # (N, L) o/0 truths, lined up
     if not bool(((answers[keep] == INDEX_O) | (answers[keep] == INDEX_ZERO)).any()):
         raise SystemExit(f"{args.reader} read no o or 0 at an o/0 position of {args.val}: nothing to fit the mix on")
     rows = keep.any(1).nonzero().squeeze(1)
@@ -385,6 +435,14 @@ def attach(args) -> None:
     print(f"wrote {json_path} [{seconds:.0f}s]")
 
 
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """"4" -> (4,), "4-8" -> (4, ..., 8), "4,6" -> (4, 6)."""
+    if "-" in text:
+        lo, hi = (int(v) for v in text.split("-"))
+        return tuple(range(lo, hi + 1))
+    return tuple(int(v) for v in text.split(","))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -394,10 +452,13 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--out", required=True)
     d.add_argument("--o0-share", type=float, default=0.4)
     d.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    d.add_argument("--lengths", default=str(CAPTCHA_LENGTH),
+                   help="captcha lengths, drawn evenly: one (4) or a range (4-8) or a list (4,6,8)")
     t = sub.add_parser("train", help="train the glyph net and export the reader with it")
     t.add_argument("--data", required=True, help="an o/0-rich set (the `data` command) to train on")
     t.add_argument("--val", required=True, help="another one to validate on")
-    t.add_argument("--reader", default=str(WEIGHTS / "captcha_seq2seq.json"))
+    t.add_argument("--reader", default=str(WEIGHTS / "captcha_seq2seq.json"),
+                   help="a seq2seq reader (windows where its attention centres) or a ctc reader (on its runs)")
     t.add_argument("--out", default=str(WEIGHTS))
     add_fit_args(t, epochs=6, lr=3e-3, batch_size=128, weight_decay=0.05, clip=None, precision="bf16")
     t.add_argument("--window", type=int, default=48)
@@ -422,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "attach":
         attach(args)
     elif args.command == "data":
-        out = write_o0_set(args.out, args.count, args.seed, args.o0_share, args.workers)
+        out = write_o0_set(args.out, args.count, args.seed, args.o0_share, args.workers, lengths=parse_lengths(args.lengths))
         print(f"wrote {args.count} captchas to {out}")
 
 
