@@ -107,7 +107,9 @@ def main() -> None:
                if (path := ROOT / "models" / "weights" / f"captcha_{name}.json").is_file()}
     started_from = [f"captcha_{s}" for s in args.starts]
     if earlier is not None:
-        started_from = sorted(set(started_from) | set(earlier.get("started_from") or []))
+        before = earlier.get("started_from") or []
+        before = [before] if isinstance(before, str) else before  # results written before there were several
+        started_from = sorted(set(started_from) | set(before))
     results = {"minutes_budget": args.minutes, "train": args.train, "test": args.test, "cpus": os.cpu_count(),
                "parallel": args.parallel, "started_from": started_from, "styles": {}}
     for style in args.styles:
