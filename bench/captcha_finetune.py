@@ -111,7 +111,11 @@ def main() -> None:
         before = [before] if isinstance(before, str) else before  # results written before there were several
         started_from = sorted(set(started_from) | set(before))
     results = {"minutes_budget": args.minutes, "train": args.train, "test": args.test, "cpus": os.cpu_count(),
-               "parallel": args.parallel, "started_from": started_from, "styles": {}}
+               "parallel": args.parallel, "started_from": started_from, "styles": {},
+               # which ctc the from-ctc runs started from (the README says so when the served one has changed)
+               "ctc_samples_seen": (load_checkpoint(ROOT / "models" / "weights" / "captcha_ctc.json")[1]
+                                    .training.get("samples_seen") if "ctc" in args.starts
+                                    else (earlier or {}).get("ctc_samples_seen"))}
     for style in args.styles:
         truth, images = tests[style]
         row: dict = dict(earlier["styles"].get(style, {})) if earlier is not None else {}

@@ -128,21 +128,24 @@ def _lengths_note(variant: str, manifest: dict, chunk: dict) -> str:
     end = (f", with an end token ({arch['length'] + 1} decoder steps, 37 classes)" if chunk.get("end_token") else "")
     return (f"Then `{variant}` learned every length (`training/captcha_lengths.py`): from the weights above, its input "
             f"widened to {arch['width']}x{arch['height']} ({arch['width'] // 4} columns){end}, trained on fresh captchas "
-            f"of 1-8 characters from the same generator ({share}) with the o/0 glyph net kept as it was: "
-            f"{chunk['samples_seen']:,} samples in {chunk['seconds'] / 60:.0f} min on one thread, peak lr "
-            f"{chunk.get('lr', 'n/a')}, {chunk.get('precision', 'fp32')}.")
+            f"of 1-8 characters from the same generator ({share}), its o/0 glyph net left as it was: "
+            f"{chunk['samples_seen']:,} samples in {chunk['seconds'] / 60:.0f} min on one thread, "
+            f"{chunk['optimizer']}, {chunk.get('precision', 'fp32')}.")
 
 
 def render_captcha() -> str:
     manifests = {v: json.loads((WEIGHTS / f"captcha_{v}.json").read_text()) for v in ("seq2seq", "ctc")}
     default = max(manifests, key=lambda v: manifests[v]["metrics"]["full_string_accuracy"])
     some = manifests[default]["metrics"]
-    longer = [n for n in (5, 6) if f"test_samples_{n}_chars" in some]
+    # Columns for 5 and 6 characters when a reader was measured on them (one that reads any length).
+    longer = {n: met for n in (5, 6) for met in [next((m["metrics"] for m in manifests.values()
+                                                      if f"test_samples_{n}_chars" in m["metrics"]), None)] if met}
     lines = [f"Measured on {some['test_samples']:,} fresh captchas from seed {some['test_seed']}, never used in training "
              "or for any choice (full string = all 4 characters right, case ignored; per char = 1 - edit distance / 4; "
              "o/0: misreads whose only wrong characters are o and 0)"
-             + "".join(f"; and on {some[f'test_samples_{n}_chars']:,} captchas of {n} characters from the same generator "
-                       f"(seed {some[f'test_seed_{n}_chars']})" for n in longer) + ":", "",
+             + "".join(f"; and on {met[f'test_samples_{n}_chars']:,} captchas of {n} characters from the same generator "
+                       f"(seed {met[f'test_seed_{n}_chars']})" for n, met in longer.items())
+             + ("; -: a reader of 4 characters only" if longer else "") + ":", "",
              "| model | parameters | full-string accuracy | per-char accuracy | misreads | of them o/0 |"
              + "".join(f" {n} characters |" for n in longer),
              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(longer)]
@@ -169,11 +172,12 @@ def render_captcha() -> str:
               f"({s2s:.2%}); the served default >= {CAPTCHA_TARGETS['default']:.2%}: "
               f"{verdict(top, CAPTCHA_TARGETS['default'])} ({top:.2%})."]
     if longer:
-        got = {n: some.get(f"full_string_accuracy_{n}_chars") or 0.0 for n in longer}
-        lines[-1] += (" Any length (issue #12): the served default >= "
+        got = {n: some.get(f"full_string_accuracy_{n}_chars") for n in longer}
+        lines[-1] += (" Any length (issue #12), the served default >= "
                       + ", ".join(f"{CAPTCHA_TARGETS['default_longer']:.2%} on {n} characters: "
-                                  f"{verdict(got[n], CAPTCHA_TARGETS['default_longer'])} ({got[n]:.2%})" for n in longer)
-                      + ".")
+                                  + (f"{verdict(got[n], CAPTCHA_TARGETS['default_longer'])} ({got[n]:.2%})"
+                                     if got[n] is not None else f"**not met** (`{default}` reads 4 only)")
+                                  for n in longer) + ".")
     tta = (manifests["seq2seq"]["training"].get("soup") or {}).get("test_time_shifts")
     if tta and tta["used"]:
         shifts = ", ".join(f"({dx:+d}, {dy:+d})" for dx, dy in tta["shifts"])
@@ -390,6 +394,10 @@ def render_finetune() -> str:
         lines.append(f"| {STYLE_NAMES.get(style, style)} | {cells['finetuned']} | {minutes('finetuned')} | "
                      f"{cells['finetuned_from_general']} | {minutes('finetuned_from_general')} | "
                      f"{cells['scratch']} | {cells['shipped_ctc']} | {cells['shipped_general']} | {cells['ddddocr']} |")
+    served = json.loads((WEIGHTS / "captcha_ctc.json").read_text())["training"].get("samples_seen")
+    if r.get("ctc_samples_seen") != served:
+        lines += ["", "The `captcha_ctc` and shipped `ctc` columns were measured with an earlier `ctc` than the one "
+                  "served now (rerun the bench with `--starts ctc --no-scratch --merge` to update them)."]
     return "\n".join(lines)
 
 

@@ -427,18 +427,18 @@ def committed(variant: str):
 
 @pytest.fixture(scope="module")
 def check_set():
-    """200 fresh captchas from CHECK_SEED: (uint8 model input (200, 32, 96), labels, PNGs of 6,
-    the same images at the generator's 160x60 (200, 60, 160) for the o/0 glyph net)."""
+    """200 fresh captchas from CHECK_SEED: (the images, labels, PNGs of 6, the same images at
+    the generator's 160x60 (200, 60, 160) for the o/0 glyph net)."""
     gen = CaptchaGenerator(CHECK_SEED)
-    pixels, labels, pngs, full = [], [], [], []
+    images, labels, pngs, full = [], [], [], []
     for i in range(200):
         text, img = gen.sample()
-        pixels.append(captcha_pixels(img))
+        images.append(img)
         full.append(captcha_pixels(img, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH))
         labels.append(text.lower())
         if i < 6:
             pngs.append((text.lower(), png_bytes(img)))
-    return np.stack(pixels), labels, pngs, np.stack(full)
+    return images, labels, pngs, np.stack(full)
 
 
 def read_as_served(model, pixels: np.ndarray, full: np.ndarray) -> list[str]:
@@ -460,7 +460,9 @@ def test_committed_weights_read_fresh_captchas_at_manifest_accuracy(variant, che
     assert manifest.task == "captcha" and manifest.variant == variant
     assert manifest.charset == CHARSET
     assert manifest.metrics["test_seed"] not in (CHECK_SEED, VAL_SEED)
-    pixels, labels, _, full = check_set
+    images, labels, _, full = check_set
+    # The reader's input as its contract says (ctc reads 128 px wide since it learned 1-8 characters).
+    pixels = np.stack([captcha_pixels(img, manifest.input["height"], manifest.input["width"]) for img in images])
     scores = score_texts(read_as_served(model, pixels, full), labels)
     full_errors = round((1 - scores["full_string_accuracy"]) * len(labels))
     char_errors = round((1 - scores["char_accuracy"]) * 4 * len(labels))
@@ -518,11 +520,12 @@ def test_predict_captcha_multipart(client, check_set):
 def test_predict_captcha_matches_the_model_on_the_same_pixels(client, check_set, variant):
     """The route answers what the model answers on preprocessed pixels: serving feeds what
     training fed. Sent as JSON base64, raw image/png and an RGBA JPEG-free variant."""
-    model, _ = committed(variant)
+    model, manifest = committed(variant)
     _, _, pngs, _ = check_set
     text, png = pngs[0]
     image = Image.open(io.BytesIO(png))
-    x, full = to_captcha_tensor(captcha_pixels(image)), captcha_pixels(image, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
+    x = to_captcha_tensor(captcha_pixels(image, manifest.input["height"], manifest.input["width"]))
+    full = captcha_pixels(image, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
     with torch.inference_mode():
         expected = model.read(x, full=torch.from_numpy(full)[None])[0]
     as_json = client.post(f"/predict/captcha?model={variant}", json={"image": base64.b64encode(png).decode()})
@@ -593,7 +596,9 @@ def test_models_lists_the_seed_readers_and_the_general_reader(client):
     for variant in ("ctc", "seq2seq"):
         m = models[variant]
         assert {"full_string_accuracy", "char_accuracy"} <= set(m["metrics"])
-        assert m["input"]["height"] == CAPTCHA_HEIGHT and m["input"]["width"] == CAPTCHA_WIDTH
+        # 32 px high; 96 wide, or 128 for a reader widened to read 1-8 characters (ctc).
+        assert m["input"]["height"] == CAPTCHA_HEIGHT and m["input"]["width"] == m["architecture"]["width"]
+        assert m["input"]["width"] == {"ctc": 128, "seq2seq": CAPTCHA_WIDTH}[variant]
     general = models["general"]
     assert general["network"] == "ctc" and (general["input"]["height"], general["input"]["width"]) == (48, 160)
     figures = general["metrics"]["validation_per_family"]

@@ -143,7 +143,8 @@ def test_the_committed_general_reader_reads_styles_the_seed_reader_cannot(client
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["model"] == model and 0 <= body["confidence"] <= 1
-            assert body["text"] == body["text"].lower() and 1 <= len(body["text"]) <= 8
+            # ctc, trained on 1-8 characters, may read nothing in a style it does not know.
+            assert body["text"] == body["text"].lower() and len(body["text"]) <= 8
             right[model] += body["text"] == text.lower()
     assert right["general"] >= 0.4 * len(items), right
     assert right["ctc"] <= 0.15 * len(items), right

@@ -108,8 +108,8 @@ def upload_columns(columns: list[float], reader_width: int, upload_width: int) -
 async def predict_captcha(
     request: Request,
     services: ServicesDep,
-    model: Annotated[str | None, Query(description="ctc | seq2seq: the seed-style readers (4 characters of the "
-                                               "demo's generator; default: the most accurate of them) | general: "
+    model: Annotated[str | None, Query(description="ctc | seq2seq: the seed-style readers (the demo's generator: "
+                                               "ctc 1-8 characters, seq2seq 4; default: the most accurate on 4) | general: "
                                                "many styles, 1-8 characters | a reader you trained (GET /models "
                                                "lists what is served)")] = None,
     explain: Annotated[bool, Query(description="add each character's span and weights over the upload's "
@@ -117,8 +117,9 @@ async def predict_captcha(
     length: Annotated[int | None, Query(
         ge=1, le=MAX_CONSTRAINED_LENGTH,
         description=f"answer exactly this many characters (1-{MAX_CONSTRAINED_LENGTH}), by constrained decoding: "
-                    "ctc finds the most probable column alignment that writes exactly that many; seq2seq reads "
-                    f"a fixed {CAPTCHA_LENGTH} (no end token), so it takes only length={CAPTCHA_LENGTH}")] = None,
+                    "ctc finds the most probable column alignment that writes exactly that many; a seq2seq reader "
+                    "with an end token may not end before that step and must end on it, one without (the served "
+                    f"seq2seq) writes a fixed {CAPTCHA_LENGTH} and takes only length={CAPTCHA_LENGTH}")] = None,
     charset: Annotated[str | None, Query(
         description="answer only with these characters: `digits` (0-9), `letters` (a-z), `alnum` (0-9a-z, the "
                     "default) or the characters themselves, e.g. `0123abc` (any of 0-9a-zA-Z, case-insensitive). "

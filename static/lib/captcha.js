@@ -56,15 +56,19 @@ export function initCaptcha({ panel, catalog, announce }) {
   // ---- model switch: a radio group, keyboard-native -----------------------------------------
   const DESCRIBE = {
     ctc: "bidirectional GRU over the columns, CTC decoding",
-    seq2seq: "GRU encoder over the columns, GRU decoder emitting 4 characters",
+    seq2seq: (m) => "GRU encoder over the columns, GRU decoder " + (m.architecture?.end_token
+      ? `writing up to ${m.architecture.length} characters, then an end token`
+      : `emitting ${m.architecture?.length || 4} characters`),
     general: "trained on many captcha styles, 1-8 characters: for captchas that are not this demo's",
   };
   const manifest = (v) => catalog.models.captcha[v] || {};
   const network = (v) => manifest(v).network || (ORDER.includes(v) ? v : "ctc");
   /** A reader trained on the user's own captchas (training.captcha finetune): not a shipped one. */
   const isOwn = (v) => !ORDER.includes(v) || typeof manifest(v).metrics?.holdout_samples === "number";
-  /** The one length a reader can answer (seq2seq: its fixed decoder steps), else null = any. */
-  const fixedLength = (v) => (network(v) === "seq2seq" ? Number(manifest(v).architecture?.length) || 4 : null);
+  /** The one length a reader can answer (a seq2seq without an end token: its fixed decoder
+   *  steps), else null = any. */
+  const fixedLength = (v) => (network(v) === "seq2seq" && !manifest(v).architecture?.end_token
+    ? Number(manifest(v).architecture?.length) || 4 : null);
   const count = (n) => Number(n).toLocaleString("en");
 
   function describeOwn(v) {
@@ -105,7 +109,8 @@ export function initCaptcha({ panel, catalog, announce }) {
         : "";
     // The seq2seq weights may carry the o/0 glyph net (architecture.o0): say so.
     const glyph = manifest(selected).architecture?.o0 ? ", o vs 0 checked at full resolution" : "";
-    els.modelNote.textContent = `${DESCRIBE[selected] || manifest(selected).description || selected}${glyph}${acc}`;
+    const described = typeof DESCRIBE[selected] === "function" ? DESCRIBE[selected](manifest(selected)) : DESCRIBE[selected];
+    els.modelNote.textContent = `${described || manifest(selected).description || selected}${glyph}${acc}`;
   }
   variants.forEach((v, i) => {
     const input = el("input", { type: "radio", name: "captcha-model", value: v, id: `captcha-model-${i}`,
