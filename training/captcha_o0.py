@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "attach":
         attach(args)
     elif args.command == "data":
-        out = write_o0_set(args.out, args.count, args.seed, args.o0_share, args.workers, lengths=parse_lengths(args.lengths))
+        out = write_o0_set(args.out, args.count, args.seed, args.o0_share, args.workers,
+                           lengths=parse_lengths(args.lengths))
         print(f"wrote {args.count} captchas to {out}")
 
 

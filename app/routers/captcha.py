@@ -109,9 +109,9 @@ async def predict_captcha(
     request: Request,
     services: ServicesDep,
     model: Annotated[str | None, Query(description="ctc | seq2seq: the seed-style readers (the demo's generator: "
-                                               "ctc 1-8 characters, seq2seq 4; default: the most accurate on 4) | general: "
-                                               "many styles, 1-8 characters | a reader you trained (GET /models "
-                                               "lists what is served)")] = None,
+                                               "ctc 1-8 characters, seq2seq 4; default: the most accurate on 4) | "
+                                               "general: many styles, 1-8 characters | a reader you trained (GET "
+                                               "/models lists what is served)")] = None,
     explain: Annotated[bool, Query(description="add each character's span and weights over the upload's "
                                                "columns: where it was read")] = False,
     length: Annotated[int | None, Query(
