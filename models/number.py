@@ -10,7 +10,7 @@ in any batch (tests/test_number.py checks it).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.ctc import greedy_runs, padded_ctc_loss, text_probability  # output 0 is the blank; output k is the digit k - 1
+from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
 
 NUM_DIGITS = 10
 
@@ -33,6 +34,9 @@ class NumberReaderConfig:
     hidden_size: int = 128  # per direction
     num_layers: int = 2
     dropout: float = 0.1
+    # The digit glyph net's config (a DigitGlyphConfig as a dict, its `mix` fitted for this
+    # reader; models/number_glyph.py); None = the reader alone.
+    glyph: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +97,7 @@ class NumberReader(nn.Module):
                           bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(2 * config.hidden_size, NUM_DIGITS + 1)
+        self.glyph = DigitGlyphNet(DigitGlyphConfig(**config.glyph)) if config.glyph is not None else None
 
     def forward(self, x: torch.Tensor, widths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 1, H, W) ink in [0, 1] on 0, right-padded with 0; widths: (B,) each line's own
@@ -123,24 +128,78 @@ class NumberReader(nn.Module):
     @torch.inference_mode()
     def read(self, x: torch.Tensor, widths: torch.Tensor | None = None, spans: bool = False) -> list[NumberReading]:
         """x (B, 1, H, W), widths (B,) -> one reading per line; with `spans`, each digit's ink
-        extent in the line's pixels too."""
+        extent in the line's pixels too. A reader with a glyph net reads each digit again
+        inside its span (and so always finds the spans)."""
         logits, lengths = self(x, widths)
         readings = read_number(logits, lengths)
-        if spans:
-            ink = x[:, 0].sum(1).cpu().numpy()  # (B, W) ink per pixel column
-            for reading, columns, length in zip(readings, ink, lengths.tolist()):
-                centres = [self.config.stride * (sum(d.columns) / len(d.columns) + 0.5) for d in reading.digits]
-                for d, span in zip(reading.digits, digit_spans(columns[:length * self.config.stride], centres)):
-                    d.span = span
+        if spans or self.glyph is not None:
+            self.find_spans(x, lengths, readings)
+        if self.glyph is not None:
+            self.refine(x, logits, readings)
         return readings
+
+    def find_spans(self, x: torch.Tensor, lengths: torch.Tensor, readings: list[NumberReading]) -> None:
+        ink = x[:, 0].float().sum(1).cpu().numpy()  # (B, W) ink per pixel column
+        for reading, columns, length in zip(readings, ink, lengths.tolist()):
+            centres = [self.config.stride * (sum(d.columns) / len(d.columns) + 0.5) for d in reading.digits]
+            for d, span in zip(reading.digits, digit_spans(columns[:length * self.config.stride], centres)):
+                d.span = span
+
+    def digit_evidence(self, x: torch.Tensor, logits: torch.Tensor, readings: list[NumberReading]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per digit read (lines in order, digits left to right): its glyph crop (N, 1, 28, 28)
+        from its span, and the reader's probabilities (N, 11) at the column of its run where
+        its digit is most likely."""
+        items = [(i, d) for i, reading in enumerate(readings) for d in reading.digits]
+        if not items:
+            return torch.zeros(0, 1, 28, 28), torch.zeros(0, NUM_DIGITS + 1)
+        lines = x[:, 0].float().cpu()  # (B, H, W)
+        crops = torch.stack([glyph_crop(lines[i], d.span) for i, d in items])[:, None]
+        probs = logits.float().softmax(-1).cpu()  # (B, T, 11)
+        at = torch.stack([probs[i, max(d.columns, key=lambda c: float(probs[i, c, d.digit + 1]))] for i, d in items])
+        return crops, at
+
+    def refine(self, x: torch.Tensor, logits: torch.Tensor, readings: list[NumberReading]) -> None:
+        """Each digit read again by the glyph net from its span, mixed with the reader's own
+        digit probabilities at its column. The text's confidence is the reader's CTC probability
+        of its text, times the ratio of the digits' mixed probabilities to the reader's own (the
+        same number when the mix changes nothing)."""
+        crops, at = self.digit_evidence(x, logits, readings)
+        if not len(crops):
+            return
+        glyph = self.glyph(crops.to(x.device)).float().cpu()  # (N, 10)
+        reader = at[:, 1:] / at[:, 1:].sum(-1, keepdim=True)  # (N, 10) without the blank
+        mixed = mix_digits(glyph, reader, self.glyph.config.mix)
+        k = 0
+        for reading in readings:
+            change = 1.0  # what the mix did to the product of the digits' probabilities
+            for d in reading.digits:
+                top = mixed[k].topk(3)
+                confidence = float((1 - at[k, 0]) * top.values[0])  # p(not blank) * p(digit | a digit)
+                change *= confidence / max(d.confidence, 1e-12)
+                d.digit, d.confidence = int(top.indices[0]), confidence
+                d.top3 = [(int(j), float(q)) for q, j in zip(top.values, top.indices)]
+                k += 1
+            reading.text = "".join(str(d.digit) for d in reading.digits)
+            reading.confidence = min(1.0, reading.confidence * change)
+
+    def without_glyph(self) -> "NumberReader":
+        """The reader alone (itself, when it has no glyph net)."""
+        if self.glyph is None:
+            return self
+        plain = NumberReader(replace(self.config, glyph=None))
+        plain.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("glyph.")})
+        return plain.to(next(self.parameters()).device).train(self.training)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def describe(self) -> str:
         c = self.config
+        glyph = "; each digit read again by a CNN on its own span" if c.glyph is not None else ""
         return (f"{len(c.channels)} conv blocks ({'-'.join(map(str, c.channels))}) on a {c.height} px line -> "
-                f"BiGRU {c.num_layers}x{c.hidden_size} over one column per {c.stride} px -> CTC (10 digits + blank)")
+                f"BiGRU {c.num_layers}x{c.hidden_size} over one column per {c.stride} px -> CTC (10 digits + blank)"
+                f"{glyph}")
 
 
 def pad_lines(lines: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

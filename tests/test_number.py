@@ -208,16 +208,17 @@ def test_the_manifest_figures_meet_the_goal_and_are_served(client):
 
 
 def test_mnist_test_lines_through_the_upload_path_read_as_in_the_manifest():
-    """The preprocessing keeps the accuracy: 400 of the manifest's MNIST-test lines, uploaded as
-    PNG files and read by the service's preprocessing, are read as well as composed directly."""
+    """The preprocessing keeps the accuracy: 2,000 of the manifest's MNIST-test lines, uploaded as
+    PNG files and read by the service's preprocessing, are read within 1% of composed directly.
+    (600 lines were too few: the gap is ~0.5%, and 7 lines of 600 are 1.2%.)"""
     from models.checkpoint import load_checkpoint
     from training.common import load_mnist
     from training.number import read_lines, score, upload_lines
     from training.number_data import CONTRACT as TRAINED, test_lines
 
     x, y = load_mnist(str(require_mnist()), train=False)
-    inks, texts = test_lines(x, y)  # the manifest's 10,000 lines; the first 600 of them
-    inks, texts = inks[:600], texts[:600]
+    inks, texts = test_lines(x, y)  # the manifest's 10,000 lines; the first 2,000 of them
+    inks, texts = inks[:2000], texts[:2000]
     model, manifest = load_checkpoint(WEIGHTS_DIR / "number_ctc.json")
     assert manifest.input == TRAINED
     direct = score(read_lines(model, [number_line(ink, TRAINED) for ink in inks], "cpu"), texts)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import random
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from training.common import add_common_args, load_mnist, seed_everything
 from training.export import build_manifest, export, training_section
 from training.loop import fit, settings_from_args
 from training.number_data import (CANVAS_TEST_SEED, CONTRACT, TEST_SEED, LineSource, canvas_test_numbers, collate,
-                                  mnist_lines, test_lines)
+                                  test_lines, validation_lines)
 
 TRAIN_DIGITS = 55_000  # MNIST training digits 0..54,999 train; the rest compose the validation lines
 AUGMENTATION = ("per digit: the digit trainer's (affine, stroke width, blur); per line: digit size 0.8-1.2, "
@@ -140,6 +139,9 @@ def main(argv: list[str] | None = None) -> Path:
     device = resolve_device(args.device)
     if args.init:
         model, init_manifest = load_checkpoint(args.init, device)
+        if model.glyph is not None:  # its mix was fitted for these weights: fit it again after (number_glyph)
+            print(f"{args.init}: training the reader alone; its glyph net is left out", flush=True)
+            model = model.without_glyph()
         config = model.config
     else:
         config = NumberReaderConfig()
@@ -147,9 +149,7 @@ def main(argv: list[str] | None = None) -> Path:
     train_x, train_y = load_mnist(args.data_root, train=True, limit=args.limit)
     test_x, test_y = load_mnist(args.data_root, train=False, limit=args.limit)
     split = min(TRAIN_DIGITS, int(len(train_x) * 0.9))
-    val_inks, val_texts = mnist_lines(train_x[split:], train_y[split:],
-                                      [random.Random(k).randint(1, 8) for k in range(args.val_lines)],
-                                      random.Random(12345))
+    val_inks, val_texts = validation_lines(train_x[split:], train_y[split:], args.val_lines)
     val_lines = [number_line(ink, CONTRACT) for ink in val_inks]
     print(f"{args.name}: {model.describe()} | {model.num_parameters():,} parameters | device {device}", flush=True)
 
@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> Path:
         chunks = list(init_manifest.training.get("chunks", [])) or [
             {k: init_manifest.training.get(k) for k in ("samples_seen", "seconds")}]
         training["chunks"] = chunks + [{"samples_seen": result.samples, "seconds": result.seconds}]
+        training["total_seconds"] = round(sum(c.get("seconds") or 0 for c in training["chunks"]), 1)
     manifest = build_manifest(model, task="number", variant="ctc", input=CONTRACT, classes=[str(i) for i in range(10)],
                               metrics=metrics, training=training, description=model.describe())
     json_path = export(model, manifest, args.out, args.name,

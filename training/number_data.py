@@ -128,6 +128,12 @@ def test_lines(images: torch.Tensor, labels: torch.Tensor, count: int = 10_000, 
     return mnist_lines(images, labels, lengths, rng)
 
 
+def validation_lines(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[list[np.ndarray], list[str]]:
+    """The reader's validation lines: `count` lines of 1-8 digits from these images (MNIST
+    training digits 55,000-59,999), composed without augmentation, always the same."""
+    return mnist_lines(images, labels, [random.Random(k).randint(1, 8) for k in range(count)], random.Random(12345))
+
+
 def canvas_test_numbers(count: int = 500, seed: int = CANVAS_TEST_SEED, max_len: int = 8):
     """Drawn numbers for evaluation: (ink, text) from a seed never used in training."""
     rng = random.Random(seed * 1_000_003 + 17)

@@ -21,7 +21,8 @@ router = APIRouter(tags=["number"])
 
 class NumberDigit(BaseModel):
     digit: int = Field(..., ge=0, le=9, examples=[2])
-    confidence: float = Field(..., description="probability of `digit` where it was read", examples=[0.999])
+    confidence: float = Field(..., description="probability of `digit` where it was read (the reader's and the "
+                                               "second look's, mixed)", examples=[0.999])
     span: tuple[int, int] = Field(..., description="[x0, x1) in the upload's pixels: where the digit's ink lies",
                                   examples=[[40, 212]])
     top3: list[tuple[int, float]] = Field(..., description="the 3 most likely digits there, with probabilities",
@@ -31,8 +32,10 @@ class NumberDigit(BaseModel):
 class NumberPrediction(BaseModel):
     text: str = Field(..., description="the digits read, left to right (empty when none could be read)",
                       examples=["2026"])
-    confidence: float = Field(..., description="probability of the whole `text` (summed over every alignment of "
-                                               "its digits to the line's columns)", examples=[0.995])
+    confidence: float = Field(..., description="probability of the whole `text`: the reader's CTC probability "
+                                               "(summed over every alignment of its digits to the line's columns), "
+                                               "each digit's own share replaced by its probability after the second "
+                                               "look at its span", examples=[0.995])
     digits: list[NumberDigit]
     model: str = Field(..., description="the variant that answered", examples=["ctc"])
 

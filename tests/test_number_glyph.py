@@ -1,0 +1,143 @@
+"""The number reader's digit glyph net: the MNIST-style crops, the mix, and that a reader with
+one reads as the reader alone when the mix says so, and follows the glyph net when it says so."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import WEIGHTS_DIR, require_mnist
+from models.checkpoint import load_checkpoint
+from models.number import NumberReader, pad_lines
+from models.number_glyph import GLYPH_INK, GLYPH_SIZE, DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
+from models.preprocess import prepare_number
+from testkit import drawn_number
+from training.number_data import CONTRACT
+
+
+def _line() -> torch.Tensor:
+    """A 28x60 line: a bar 20 px tall (a 1) at x 10-13 and a 16x12 block at x 30-45."""
+    line = torch.zeros(28, 60)
+    line[4:24, 10:14] = 1.0
+    line[8:20, 30:46] = 0.6
+    return line
+
+
+def test_a_crop_is_its_span_laid_out_as_mnist():
+    crop = glyph_crop(_line(), (8.0, 16.0))
+    assert crop.shape == (GLYPH_SIZE, GLYPH_SIZE)
+    rows, cols = (crop > 0.05).any(1).nonzero().squeeze(1), (crop > 0.05).any(0).nonzero().squeeze(1)
+    assert int(rows[-1] - rows[0] + 1) == GLYPH_INK  # the longer side is 20 px
+    assert int(cols[-1] - cols[0] + 1) <= 5  # the bar stays a bar: the aspect is kept
+    mass = crop.sum()
+    cy = float((crop.sum(1) * torch.arange(28.0)).sum() / mass)
+    cx = float((crop.sum(0) * torch.arange(28.0)).sum() / mass)
+    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1  # centred by mass
+    # The block next to it is scaled up to 20 px wide, and nothing of the bar comes with it.
+    block = glyph_crop(_line(), (28.0, 50.0))
+    inked = (block > 0.05).any(0).nonzero().squeeze(1)
+    assert int(inked[-1] - inked[0] + 1) == GLYPH_INK and float(block.max()) == pytest.approx(0.6, abs=0.02)
+    assert float(glyph_crop(_line(), (50.0, 60.0)).abs().sum()) == 0  # no ink: all zeros
+
+
+def test_the_mix_weights_pick_either_side_or_both():
+    glyph = torch.tensor([[5.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0]])
+    reader = torch.full((1, 10), 0.01)
+    reader[0, 3] = 0.91
+    torch.testing.assert_close(mix_digits(glyph, reader, [0.0, 1.0]), reader)
+    torch.testing.assert_close(mix_digits(glyph, reader, [1.0, 0.0]), glyph.softmax(-1))
+    both = mix_digits(glyph, reader, [1.0, 1.0])  # the normalised product of the two
+    product = glyph.softmax(-1) * reader
+    torch.testing.assert_close(both, product / product.sum())
+    assert int(both.argmax()) == 0  # e^5 * 0.01 = 1.48 against 1 * 0.91: the glyph net wins
+
+
+def _reader_alone() -> NumberReader:
+    model, _ = load_checkpoint(WEIGHTS_DIR / "number_ctc.json")
+    return model.without_glyph().eval()
+
+
+def _with_glyph(reader: NumberReader, net: DigitGlyphNet) -> NumberReader:
+    combined = NumberReader(replace(reader.config, glyph=net.config.to_dict()))
+    combined.load_state_dict({**reader.state_dict(), **{f"glyph.{k}": v for k, v in net.state_dict().items()}})
+    return combined.eval()
+
+
+def _lines():
+    return pad_lines([prepare_number(drawn_number(t, seed=i), CONTRACT).x
+                      for i, t in enumerate(["2026", "7", "31415926", "58"])])
+
+
+def test_a_glyph_net_weighted_zero_changes_nothing_and_one_that_says_7_makes_every_digit_7():
+    reader = _reader_alone()
+    x, widths = _lines()
+    alone = reader.read(x, widths, spans=True)
+    assert [r.text for r in alone] == ["2026", "7", "31415926", "58"]
+    torch.manual_seed(0)
+    net = DigitGlyphNet(DigitGlyphConfig(mix=[0.0, 1.0])).eval()
+    same = _with_glyph(reader, net).read(x, widths)
+    for a, b in zip(alone, same):
+        assert a.text == b.text and a.confidence == pytest.approx(b.confidence, rel=1e-4)
+        assert [d.span for d in a.digits] == [d.span for d in b.digits]
+        assert [d.confidence for d in a.digits] == pytest.approx([d.confidence for d in b.digits], rel=1e-4)
+    # A glyph net sure of 7 everywhere, and trusted alone: every digit becomes 7, the count stays.
+    last = net.head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.where(torch.arange(10) == 7, 20.0, 0.0))
+    net.config = replace(net.config, mix=[1.0, 0.0])
+    sevens = _with_glyph(reader, net).read(x, widths)
+    assert [r.text for r in sevens] == ["7777", "7", "77777777", "77"]
+    for a, r in zip(alone, sevens):
+        assert all(d.top3[0][0] == 7 and d.top3[0][1] > 0.99 for d in r.digits)
+        assert 0 < r.confidence <= 1 and [d.span for d in r.digits] == [d.span for d in a.digits]
+
+
+def test_the_committed_reader_carries_its_glyph_net_and_reads_the_same_alone_or_in_a_batch():
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "number_ctc.json")
+    assert model.glyph is not None and manifest.architecture["glyph"]["mix"] == manifest.training["glyph"]["mix"]
+    x, widths = _lines()
+    together = model.read(x, widths)
+    for i, reading in enumerate(together):
+        alone = model.read(x[i:i + 1, :, :, :int(widths[i])])[0]
+        assert alone.text == reading.text and alone.confidence == pytest.approx(reading.confidence, rel=1e-4)
+
+
+def test_the_committed_glyph_net_reads_better_than_the_reader_alone_on_validation():
+    m = json.loads((WEIGHTS_DIR / "number_ctc.json").read_text())
+    val = m["training"]["glyph"]["validation"]
+    assert val["chosen"]["lines_wrong"] < val["reader_alone"]["lines_wrong"]
+    assert m["metrics"]["mnist_lines_number_accuracy"] > m["metrics"]["reader_alone"]["mnist_lines_number_accuracy"]
+
+
+def test_the_glyph_trainer_trains_goes_on_and_refits(tmp_path):
+    from training import number_glyph
+
+    root = require_mnist()
+    common = ["--data-root", str(root), "--limit", "2000", "--val-lines", "150", "--threads", "1", "--no-progress"]
+    first = number_glyph.main(common + ["--lines", "200", "--epochs", "1", "--out", str(tmp_path / "a")])
+    model, manifest = load_checkpoint(first)
+    glyph = manifest.training["glyph"]
+    assert model.glyph is not None and manifest.architecture["glyph"]["mix"] == glyph["mix"]
+    assert glyph["data"]["training_crops"] > 200 and glyph["samples_seen"] > 0
+    assert {"reader_alone", "glyph_alone", "chosen"} <= set(glyph["validation"])
+    assert manifest.metrics["mnist_test_lines"] == 2_000 and "reader_alone" in manifest.metrics
+    # A second chunk from the first one's glyph net (and the reader inside the first manifest).
+    second = number_glyph.main(common + ["--lines", "200", "--epochs", "1", "--reader", str(first),
+                                         "--glyph-init", str(first), "--out", str(tmp_path / "b")])
+    model2, manifest2 = load_checkpoint(second)
+    chunks = manifest2.training["glyph"]["chunks"]
+    assert len(chunks) == 2 and chunks[0]["samples_seen"] == glyph["samples_seen"]
+    assert manifest2.metrics["reader_alone"] == manifest.metrics["reader_alone"]
+    assert any(not torch.equal(model2.glyph.state_dict()[k], v) for k, v in model.glyph.state_dict().items())
+    # The same glyph net on a reader: nothing trained, only the mix fitted again.
+    third = number_glyph.main(common + ["--reader", str(first), "--glyph-from", str(second),
+                                        "--out", str(tmp_path / "c")])
+    model3, manifest3 = load_checkpoint(third)
+    for k, v in model2.glyph.state_dict().items():
+        torch.testing.assert_close(model3.glyph.state_dict()[k], v)
+    assert manifest3.training["glyph"]["glyph_from"] == "number_ctc.json"
+    assert manifest3.training["glyph"]["chunks"] == chunks

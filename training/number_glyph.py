@@ -1,0 +1,240 @@
+"""Train the number reader's digit glyph net (models/number_glyph.py) and export the reader
+with it.
+
+    python -m training.number_glyph --reader models/weights/number_ctc.json --lines 100000 \
+        --minutes 40 --threads 2 --out /tmp/glyph
+    python -m training.number_glyph --reader NEW_READER.json --glyph-from /tmp/glyph/number_ctc.json \
+        --out /tmp/glyph2   # the same glyph net on another reader: only its mix is fitted again
+
+The reader's weights are not changed. Training crops come from fresh lines of MNIST training
+digits 0..54,999 (augmented as the reader's training lines, 20% drawn like the page's pad),
+cut where the reader itself puts each digit; lines it reads at the wrong length are left out
+(their spans do not line up with the digits). The mix of glyph net and reader is fitted on the
+reader's validation lines (digits 55,000..59,999); the figures come from the MNIST-test lines
+as for the reader (training/number.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.checkpoint import load_checkpoint
+from models.device import resolve_device
+from models.number import NumberReader, read_number
+from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, mix_digits
+from models.preprocess import number_line
+from training.common import add_common_args, load_mnist, seed_everything
+from training.export import export, training_section
+from training.loop import Shuffled, ShuffledSource, fit, settings_from_args
+from training.number import TRAIN_DIGITS, number_metrics, score
+from training.number_data import CONTRACT, LineSource, collate, drawn_lines, mnist_lines, validation_lines
+
+MIX_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+
+
+def with_glyph(reader: NumberReader, net: DigitGlyphNet) -> NumberReader:
+    combined = NumberReader(replace(reader.config, glyph=net.config.to_dict()))
+    combined.load_state_dict({**reader.state_dict(), **{f"glyph.{k}": v for k, v in net.state_dict().items()}})
+    return combined.eval()
+
+
+@torch.inference_mode()
+def digit_evidence(reader: NumberReader, inks: list, texts: list[str], batch_size: int = 256):
+    """Lines -> for every digit of the lines the reader reads at their true length: its crop
+    (N, 1, 28, 28) uint8, its true digit (N,), the reader's probabilities at its column (N, 11)
+    and which line it belongs to (N,); and the reader's texts for all lines."""
+    reader.eval()
+    order = sorted(range(len(inks)), key=lambda i: inks[i].shape[1])
+    crops, truth, reader_probs, line_of, texts_read = [], [], [], [], [""] * len(inks)
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        batch = collate([number_line(inks[i], CONTRACT) for i in chunk], ["0"] * len(chunk))
+        logits, lengths = reader(batch.x, batch.widths)
+        readings = read_number(logits, lengths)
+        reader.find_spans(batch.x, lengths, readings)
+        keep = [j for j, (i, r) in enumerate(zip(chunk, readings)) if len(r.text) == len(texts[i])]
+        for i, r in zip(chunk, readings):
+            texts_read[i] = r.text
+        if not keep:
+            continue
+        c, at = reader.digit_evidence(batch.x[keep], logits[keep], [readings[j] for j in keep])
+        crops.append((c * 255).round().to(torch.uint8))
+        reader_probs.append(at)
+        for j in keep:
+            truth += [int(ch) for ch in texts[chunk[j]]]
+            line_of += [chunk[j]] * len(texts[chunk[j]])
+    return (torch.cat(crops), torch.tensor(truth), torch.cat(reader_probs), torch.tensor(line_of), texts_read)
+
+
+def training_lines(images, labels, count: int, seed: int):
+    """`count` lines of 1-10 digits like the reader's training batches (augmented digits, 20%
+    drawn), reproducible from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    source = LineSource(images, labels, 1, gen, torch.device("cpu"))
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, source.max_len) for _ in range(count)]
+    drawn = [n for n in lengths if rng.random() < source.drawn_share]
+    plain = lengths[len(drawn):]
+    inks, texts = mnist_lines(images, labels, plain, rng, gen)
+    more_inks, more_texts = drawn_lines(drawn, rng)
+    return inks + more_inks, texts + more_texts
+
+
+class CropBatches(ShuffledSource):
+    """Shuffled batches of uint8 crops -> (float crops (B, 1, 28, 28) in [0, 1], digits (B,)),
+    each batch shifted by up to 1 px (placement noise)."""
+
+    def __init__(self, crops: torch.Tensor, digits: torch.Tensor, batch_size: int, device: torch.device):
+        self.crops, self.digits, self.device = crops, digits, device
+        self.order = Shuffled(len(crops), batch_size, drop_last=True)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.next()
+        x = self.crops[idx].float() / 255
+        dy, dx = (int(v) for v in torch.randint(-1, 2, (2,)))
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        return x.to(self.device), self.digits[idx].to(self.device)
+
+
+@torch.inference_mode()
+def glyph_logits(net: DigitGlyphNet, crops: torch.Tensor, batch: int = 2000) -> torch.Tensor:
+    net.eval()
+    device = next(net.parameters()).device
+    return torch.cat([net((crops[i:i + batch].float() / 255).to(device)).float().cpu()
+                      for i in range(0, len(crops), batch)])
+
+
+def fit_mix(glyph: torch.Tensor, reader_probs: torch.Tensor, truth: torch.Tensor, line_of: torch.Tensor
+            ) -> tuple[list[float], dict]:
+    """The (glyph, reader) weights on a grid that get the most validation lines right (lines
+    the reader reads at the wrong length are wrong whatever the mix); ties go to the lower
+    log loss."""
+    reader = reader_probs[:, 1:] / reader_probs[:, 1:].sum(-1, keepdim=True)
+    best, table = None, {}
+    for a, b in itertools.product(MIX_GRID, MIX_GRID):
+        if a == 0 and b == 0:
+            continue
+        p = mix_digits(glyph, reader, [a, b])
+        wrong = p.argmax(-1) != truth
+        lines_wrong = int(torch.unique(line_of[wrong]).numel())
+        nll = float(F.nll_loss(p.clamp_min(1e-12).log(), truth))
+        table[f"{a},{b}"] = {"digits_wrong": int(wrong.sum()), "lines_wrong": lines_wrong}
+        key = (lines_wrong, int(wrong.sum()), nll)
+        if best is None or key < best[0]:
+            best = (key, [a, b])
+    return best[1], {"reader_alone": table["0.0,1.0"], "glyph_alone": table["1.0,0.0"],
+                     "chosen": table[f"{best[1][0]},{best[1][1]}"]}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reader", default="models/weights/number_ctc.json")
+    parser.add_argument("--glyph-from", metavar="MANIFEST", help="take the glyph net of this reader; train none")
+    parser.add_argument("--glyph-init", metavar="MANIFEST", help="train on from the glyph net of this reader")
+    parser.add_argument("--lines", type=int, default=100_000, help="training lines to cut crops from")
+    parser.add_argument("--val-lines", type=int, default=3_000)
+    parser.add_argument("--data-seed", type=int, default=31)
+    parser.add_argument("--cache", metavar="FILE", help="keep the training crops here (.pt) and reuse them")
+    add_common_args(parser, epochs=4, lr=2e-3, batch_size=128, weight_decay=5e-4, clip=5.0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    model, manifest = load_checkpoint(args.reader)
+    reader = model.without_glyph()
+    train_x, train_y = load_mnist(args.data_root, train=True, limit=args.limit)
+    split = min(TRAIN_DIGITS, int(len(train_x) * 0.9))
+    val_inks, val_texts = validation_lines(train_x[split:], train_y[split:], args.val_lines)
+    val_crops, val_truth, val_reader, val_line_of, val_read = digit_evidence(reader, val_inks, val_texts)
+    alone = score(val_read, val_texts)
+
+    if args.glyph_from:
+        source, source_manifest = load_checkpoint(args.glyph_from)
+        if source.glyph is None:
+            raise SystemExit(f"{args.glyph_from} carries no glyph net")
+        net, result, settings, glyph_training = source.glyph.eval(), None, None, source_manifest.training["glyph"]
+    else:
+        if args.cache and Path(args.cache).exists():
+            crops, digits = torch.load(args.cache).values()
+        else:
+            inks, texts = training_lines(train_x[:split], train_y[:split], args.lines, args.data_seed)
+            crops, digits, _, _, _ = digit_evidence(reader, inks, texts)
+            if args.cache:
+                torch.save({"crops": crops, "digits": digits}, args.cache)
+        print(f"{len(crops):,} training crops from {args.lines:,} lines, {len(val_crops):,} validation crops "
+              f"[{time.perf_counter() - start:.0f}s]", flush=True)
+        net = DigitGlyphNet(DigitGlyphConfig()).to(device)
+        previous = None
+        if args.glyph_init:
+            source, source_manifest = load_checkpoint(args.glyph_init)
+            if source.glyph is None:
+                raise SystemExit(f"{args.glyph_init} carries no glyph net")
+            net = source.glyph.to(device).train()
+            previous = source_manifest.training["glyph"]
+        settings = settings_from_args(args, len(crops) // args.batch_size, args.out)
+
+        def validate() -> dict:
+            return {"val_digit_error": round(float((glyph_logits(net, val_crops).argmax(-1) != val_truth)
+                                                   .float().mean()), 5)}
+
+        result = fit(net, CropBatches(crops, digits, args.batch_size, device), F.cross_entropy, settings=settings,
+                     evaluate=validate)
+        net = net.cpu().eval()
+        glyph_training = None
+
+    mix, table = fit_mix(glyph_logits(net, val_crops), val_reader, val_truth, val_line_of)
+    net.config = replace(net.config, mix=mix)
+    combined = with_glyph(reader, net)
+    # The file keeps float16 weights (half the size); read the figures with exactly those.
+    combined.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                              for k, v in combined.state_dict().items()})
+    test_x, test_y = load_mnist(args.data_root, train=False, limit=args.limit)
+    limited = bool(args.limit)
+    metrics = number_metrics(combined, test_x, test_y, "cpu", lines=2_000 if limited else 10_000,
+                             drawn=50 if limited else 500, uploads=100 if limited else 2_000)
+    seconds = round(time.perf_counter() - start, 1)
+    if glyph_training is None:
+        glyph_training = training_section(
+            result, settings, seed=args.seed, batch_size=args.batch_size, device=device, crops=len(val_crops),
+            data={"lines": args.lines, "seed": args.data_seed, "training_crops": len(crops)},
+            parameters=sum(p.numel() for p in net.parameters()))
+        if previous is not None:  # the chunks so far, this one last
+            chunks = previous.get("chunks") or [{k: previous[k] for k in ("samples_seen", "seconds", "epochs")}]
+            glyph_training["chunks"] = chunks + [{k: glyph_training[k] for k in ("samples_seen", "seconds", "epochs")}]
+            glyph_training["init"] = Path(args.glyph_init).name
+    glyph_info = {**{k: v for k, v in glyph_training.items() if k not in ("mix", "validation", "glyph_from")},
+                  "how": "the reader's weights unchanged; a CNN trained on MNIST-style crops of each digit's span, "
+                         "cut where the reader reads it, its weight against the reader fitted on validation lines",
+                  "mix": mix, "validation": {"lines": args.val_lines, "reader_alone_number_accuracy":
+                                             alone["number_accuracy"], **table},
+                  "seconds_total": seconds}
+    if args.glyph_from:
+        glyph_info["glyph_from"] = Path(args.glyph_from).name
+    reader_metrics = {k: manifest.metrics[k] for k in ("mnist_lines_number_accuracy", "mnist_lines_digit_accuracy",
+                                                        "drawn_number_accuracy") if k in manifest.metrics}
+    if model.config.glyph is not None:
+        reader_metrics = manifest.metrics.get("reader_alone", reader_metrics)
+    out = replace(manifest, architecture=combined.config.to_dict(), description=combined.describe(),
+                  parameters=combined.num_parameters())
+    out.metrics = {**{k: v for k, v in manifest.metrics.items() if not k.startswith("final_")}, **metrics,
+                   "reader_alone": reader_metrics}
+    out.training = {**{k: v for k, v in manifest.training.items() if k != "glyph"}, "glyph": glyph_info}
+    json_path = export(combined, out, args.out, manifest.name, storage="float16")
+    print(f"mix {mix} | validation lines wrong: reader alone {table['reader_alone']['lines_wrong']}, "
+          f"glyph alone {table['glyph_alone']['lines_wrong']}, mixed {table['chosen']['lines_wrong']} | "
+          f"wrote {json_path} [{seconds:.0f}s]", flush=True)
+    return json_path
+
+
+if __name__ == "__main__":
+    main()
