@@ -326,6 +326,15 @@ NUMBER_LATENCY = ROOT / "bench" / "results" / "number_latency.json"
 NUMBER_GOALS = {"whole": 0.98, "digit": 0.996, "drawn": 0.97, "latency_ratio": 2.0}  # issue #15
 
 
+def _number_training(t: dict) -> str:
+    """The reader's training in a sentence: one run, or its chunks (`--init`) added up."""
+    chunks = t.get("chunks") or [{"samples_seen": t["samples_seen"], "seconds": t["seconds"]}]
+    samples, seconds = sum(c["samples_seen"] for c in chunks), sum(c["seconds"] for c in chunks)
+    how = f"{len(chunks)} runs, each from the last one's weights" if len(chunks) > 1 else f"{t['epochs']} epochs"
+    return (f"Trained on {samples:,} lines in {seconds / 60:.0f} min of wall clock ({how}) on the 2-CPU development "
+            "machine, beside other runs.")
+
+
 def render_number() -> str:
     """README: the number reader's figures (its manifest) and its latency against /predict/digit
     (bench/number_latency.py --save)."""
@@ -348,8 +357,18 @@ def render_number() -> str:
         f"{met['drawn_digit_accuracy']:.2%} | >= 97% |",
         "", "Whole-number accuracy by length (MNIST-test lines): " + ", ".join(
             f"{n} digit{'s' if n != '1' else ''} {v:.2%}" for n, v in by_length.items()) + ".",
-        "", f"Trained on {t['samples_seen']:,} lines in {t['seconds'] / 60:.0f} min of wall clock ({t['epochs']} epochs "
-            f"of {t['samples_seen'] // max(t['epochs'], 1):,} lines) on the 2-CPU development machine, beside other runs."]
+        "", _number_training(t)]
+    if "glyph" in t:
+        g, alone = t["glyph"], met["reader_alone"]
+        chunks = g.get("chunks") or [g]
+        minutes, epochs = sum(c["seconds"] for c in chunks) / 60, sum(c["epochs"] for c in chunks)
+        lines += ["", f"Each digit is read again by the glyph CNN ({g['parameters']:,} parameters) from an MNIST-style "
+                      f"crop of its span, and the two are mixed with weights {g['mix'][0]:g} (glyph) and {g['mix'][1]:g} "
+                      f"(reader) fitted on {g['validation']['lines']:,} validation lines. It trained on "
+                      f"{g['data']['training_crops']:,} crops cut from {g['data']['lines']:,} training lines where the "
+                      f"reader read them, for {minutes:.0f} min ({epochs} epochs). The reader alone: "
+                      f"{alone['mnist_lines_number_accuracy']:.2%} whole, {alone['mnist_lines_digit_accuracy']:.2%} per "
+                      "digit on the same test lines."]
     if NUMBER_LATENCY.is_file():
         bench = json.loads(NUMBER_LATENCY.read_text())
         r = bench["routes"]
