@@ -2,6 +2,9 @@
 columns, a bidirectional GRU reads the columns left to right and back, and a CTC head says per
 column which digit (or blank) it sees; greedy decoding merges runs and drops blanks.
 
+Optionally (`glyph` in the config) a small CNN reads each digit again from its span
+(models/number_glyph.py), and its probabilities are mixed with the reader's.
+
 Lines have any width. A batch pads them on the right to the widest; every block zeroes the
 padded columns again and the GRU is packed, so an image gets exactly the same outputs alone or
 in any batch (tests/test_number.py checks it).
@@ -20,7 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.ctc import greedy_runs, padded_ctc_loss, text_probability  # output 0 is the blank; output k is the digit k - 1
-from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
+from models.number_glyph import GLYPH_SIZE, DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
 
 NUM_DIGITS = 10
 
@@ -152,7 +155,7 @@ class NumberReader(nn.Module):
         its digit is most likely."""
         items = [(i, d) for i, reading in enumerate(readings) for d in reading.digits]
         if not items:
-            return torch.zeros(0, 1, 28, 28), torch.zeros(0, NUM_DIGITS + 1)
+            return torch.zeros(0, 1, GLYPH_SIZE, GLYPH_SIZE), torch.zeros(0, NUM_DIGITS + 1)
         lines = x[:, 0].float().cpu()  # (B, H, W)
         crops = torch.stack([glyph_crop(lines[i], d.span) for i, d in items])[:, None]
         probs = logits.float().softmax(-1).cpu()  # (B, T, 11)

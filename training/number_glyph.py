@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> Path:
     seconds = round(time.perf_counter() - start, 1)
     if glyph_training is None:
         glyph_training = training_section(
-            result, settings, seed=args.seed, batch_size=args.batch_size, device=device, crops=len(val_crops),
+            result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
+            validation_crops=len(val_crops),
             data={"lines": args.lines, "seed": args.data_seed, "training_crops": len(crops)},
             parameters=sum(p.numel() for p in net.parameters()))
         if previous is not None:  # the chunks so far, this one last
