@@ -56,6 +56,7 @@ class DigitRun:
     columns: list[int]  # the output columns of its run
     confidence: float  # its probability at the run's best column
     top3: list[tuple[int, float]]  # the 3 most likely digits at that column (blank left out, renormalised)
+    column: int = -1  # that column: the one of its run where its digit is most likely
     span: tuple[float, float] | None = None  # [x0, x1) of its ink in the line's pixels (`read` with `ink`)
 
 
@@ -158,8 +159,8 @@ class NumberReader(nn.Module):
             return torch.zeros(0, 1, GLYPH_SIZE, GLYPH_SIZE), torch.zeros(0, NUM_DIGITS + 1)
         lines = x[:, 0].float().cpu()  # (B, H, W)
         crops = torch.stack([glyph_crop(lines[i], d.span) for i, d in items])[:, None]
-        probs = logits.float().softmax(-1).cpu()  # (B, T, 11)
-        at = torch.stack([probs[i, max(d.columns, key=lambda c: float(probs[i, c, d.digit + 1]))] for i, d in items])
+        rows, cols = torch.tensor([i for i, _ in items]), torch.tensor([d.column for _, d in items])
+        at = logits[rows, cols].float().softmax(-1).cpu()  # (N, 11)
         return crops, at
 
     def refine(self, x: torch.Tensor, logits: torch.Tensor, readings: list[NumberReading]) -> None:
@@ -193,6 +194,13 @@ class NumberReader(nn.Module):
         plain = NumberReader(replace(self.config, glyph=None))
         plain.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("glyph.")})
         return plain.to(next(self.parameters()).device).train(self.training)
+
+    def with_glyph(self, net: DigitGlyphNet) -> "NumberReader":
+        """This reader's weights with `net` as its glyph net (its config, mix included)."""
+        combined = NumberReader(replace(self.config, glyph=net.config.to_dict()))
+        combined.load_state_dict({**self.without_glyph().state_dict(),
+                                  **{f"glyph.{k}": v for k, v in net.state_dict().items()}})
+        return combined.eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -257,7 +265,7 @@ def read_number(logits: torch.Tensor, lengths: torch.Tensor) -> list[NumberReadi
             rest = p[col, 1:] / p[col, 1:].sum()
             top = rest.topk(3)
             digits.append(DigitRun(k, cols, float(p[col, k + 1]),
-                                   [(int(d), float(q)) for q, d in zip(top.values, top.indices)]))
+                                   [(int(d), float(q)) for q, d in zip(top.values, top.indices)], col))
         text = "".join(str(d.digit) for d in digits)
         readings.append(NumberReading(text, text_probability(log_probs[i, :length], [d.digit for d in digits]),
                                       digits))

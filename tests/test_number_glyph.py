@@ -60,12 +60,6 @@ def _reader_alone() -> NumberReader:
     return model.without_glyph().eval()
 
 
-def _with_glyph(reader: NumberReader, net: DigitGlyphNet) -> NumberReader:
-    combined = NumberReader(replace(reader.config, glyph=net.config.to_dict()))
-    combined.load_state_dict({**reader.state_dict(), **{f"glyph.{k}": v for k, v in net.state_dict().items()}})
-    return combined.eval()
-
-
 def _lines():
     return pad_lines([prepare_number(drawn_number(t, seed=i), CONTRACT).x
                       for i, t in enumerate(["2026", "7", "31415926", "58"])])
@@ -78,7 +72,7 @@ def test_a_glyph_net_weighted_zero_changes_nothing_and_one_that_says_7_makes_eve
     assert [r.text for r in alone] == ["2026", "7", "31415926", "58"]
     torch.manual_seed(0)
     net = DigitGlyphNet(DigitGlyphConfig(mix=[0.0, 1.0])).eval()
-    same = _with_glyph(reader, net).read(x, widths)
+    same = reader.with_glyph(net).read(x, widths)
     for a, b in zip(alone, same):
         assert a.text == b.text and a.confidence == pytest.approx(b.confidence, rel=1e-4)
         assert [d.span for d in a.digits] == [d.span for d in b.digits]
@@ -89,7 +83,7 @@ def test_a_glyph_net_weighted_zero_changes_nothing_and_one_that_says_7_makes_eve
         last.weight.zero_()
         last.bias.copy_(torch.where(torch.arange(10) == 7, 20.0, 0.0))
     net.config = replace(net.config, mix=[1.0, 0.0])
-    sevens = _with_glyph(reader, net).read(x, widths)
+    sevens = reader.with_glyph(net).read(x, widths)
     assert [r.text for r in sevens] == ["7777", "7", "77777777", "77"]
     for a, r in zip(alone, sevens):
         assert all(d.top3[0][0] == 7 and d.top3[0][1] > 0.99 for d in r.digits)

@@ -40,12 +40,6 @@ from training.number_data import CONTRACT, LineSource, collate, drawn_lines, mni
 MIX_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 
 
-def with_glyph(reader: NumberReader, net: DigitGlyphNet) -> NumberReader:
-    combined = NumberReader(replace(reader.config, glyph=net.config.to_dict()))
-    combined.load_state_dict({**reader.state_dict(), **{f"glyph.{k}": v for k, v in net.state_dict().items()}})
-    return combined.eval()
-
-
 @torch.inference_mode()
 def digit_evidence(reader: NumberReader, inks: list, texts: list[str], batch_size: int = 256):
     """Lines -> for every digit of the lines the reader reads at their true length: its crop
@@ -194,7 +188,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     mix, table = fit_mix(glyph_logits(net, val_crops), val_reader, val_truth, val_line_of)
     net.config = replace(net.config, mix=mix)
-    combined = with_glyph(reader, net)
+    combined = reader.with_glyph(net)
     # The file keeps float16 weights (half the size); read the figures with exactly those.
     combined.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                               for k, v in combined.state_dict().items()})
