@@ -362,8 +362,10 @@ def render_number() -> str:
         g, alone = t["glyph"], met["reader_alone"]
         chunks = g.get("chunks") or [g]
         minutes, epochs = sum(c["seconds"] for c in chunks) / 60, sum(c["epochs"] for c in chunks)
+        where = ("cut from the ink at the upload's own resolution" if g["data"].get("crops_from") == "source"
+                 else "cut from the 28 px line")
         lines += ["", f"Each digit is read again by the glyph CNN ({g['parameters']:,} parameters) from an MNIST-style "
-                      f"crop of its span, and the two are mixed with weights {g['mix'][0]:g} (glyph) and {g['mix'][1]:g} "
+                      f"crop of its span ({where}), and the two are mixed with weights {g['mix'][0]:g} (glyph) and {g['mix'][1]:g} "
                       f"(reader) fitted on {g['validation']['lines']:,} validation lines. It trained on "
                       f"{g['data']['training_crops']:,} crops cut from {g['data']['lines']:,} training lines where the "
                       f"reader read them, for {minutes:.0f} min ({epochs} epochs). The reader alone: "

@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.ctc import greedy_runs, padded_ctc_loss, text_probability  # output 0 is the blank; output k is the digit k - 1
 from models.number_glyph import GLYPH_SIZE, DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
+from models.preprocess import NumberLine
 
 NUM_DIGITS = 10
 
@@ -130,16 +131,18 @@ class NumberReader(nn.Module):
         return padded_ctc_loss(logits, lengths, targets)
 
     @torch.inference_mode()
-    def read(self, x: torch.Tensor, widths: torch.Tensor | None = None, spans: bool = False) -> list[NumberReading]:
+    def read(self, x: torch.Tensor, widths: torch.Tensor | None = None, spans: bool = False,
+             lines: list[NumberLine] | None = None) -> list[NumberReading]:
         """x (B, 1, H, W), widths (B,) -> one reading per line; with `spans`, each digit's ink
         extent in the line's pixels too. A reader with a glyph net reads each digit again
-        inside its span (and so always finds the spans)."""
+        inside its span (and so always finds the spans); one that cuts its crops from the
+        source ink needs the B NumberLines of x as `lines`."""
         logits, lengths = self(x, widths)
         readings = read_number(logits, lengths)
         if spans or self.glyph is not None:
             self.find_spans(x, lengths, readings)
         if self.glyph is not None:
-            self.refine(x, logits, readings)
+            self.refine(x, logits, readings, lines)
         return readings
 
     def find_spans(self, x: torch.Tensor, lengths: torch.Tensor, readings: list[NumberReading]) -> None:
@@ -149,26 +152,35 @@ class NumberReader(nn.Module):
             for d, span in zip(reading.digits, digit_spans(columns[:length * self.config.stride], centres)):
                 d.span = span
 
-    def digit_evidence(self, x: torch.Tensor, logits: torch.Tensor, readings: list[NumberReading]
+    def digit_evidence(self, x: torch.Tensor, logits: torch.Tensor, readings: list[NumberReading],
+                       lines: list[NumberLine] | None = None, crops_from: str = "line"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per digit read (lines in order, digits left to right): its glyph crop (N, 1, 28, 28)
-        from its span, and the reader's probabilities (N, 11) at the column of its run where
-        its digit is most likely."""
+        from its span (in the 28 px line, or with `crops_from="source"` in each line's source
+        ink), and the reader's probabilities (N, 11) at the column of its run where its digit
+        is most likely."""
         items = [(i, d) for i, reading in enumerate(readings) for d in reading.digits]
         if not items:
             return torch.zeros(0, 1, GLYPH_SIZE, GLYPH_SIZE), torch.zeros(0, NUM_DIGITS + 1)
-        lines = x[:, 0].float().cpu()  # (B, H, W)
-        crops = torch.stack([glyph_crop(lines[i], d.span) for i, d in items])[:, None]
+        if crops_from == "source":
+            if lines is None or len(lines) != len(readings) or any(line.source is None for line in lines):
+                raise ValueError("this glyph net cuts its crops from the source ink: pass each line's NumberLine")
+            crops = torch.stack([glyph_crop(lines[i].source, lines[i].to_source(d.span)) for i, d in items])
+        else:
+            ink = x[:, 0].float().cpu()  # (B, H, W)
+            crops = torch.stack([glyph_crop(ink[i], d.span) for i, d in items])
+        crops = crops[:, None]
         rows, cols = torch.tensor([i for i, _ in items]), torch.tensor([d.column for _, d in items])
         at = logits[rows, cols].float().softmax(-1).cpu()  # (N, 11)
         return crops, at
 
-    def refine(self, x: torch.Tensor, logits: torch.Tensor, readings: list[NumberReading]) -> None:
+    def refine(self, x: torch.Tensor, logits: torch.Tensor, readings: list[NumberReading],
+               lines: list[NumberLine] | None = None) -> None:
         """Each digit read again by the glyph net from its span, mixed with the reader's own
         digit probabilities at its column. The text's confidence is the reader's CTC probability
         of its text, times the ratio of the digits' mixed probabilities to the reader's own (the
         same number when the mix changes nothing)."""
-        crops, at = self.digit_evidence(x, logits, readings)
+        crops, at = self.digit_evidence(x, logits, readings, lines, self.glyph.config.crops)
         if not len(crops):
             return
         glyph = self.glyph(crops.to(x.device)).float().cpu()  # (N, 10)

@@ -3,8 +3,9 @@
 The reader's CTC head decides each digit from one column of a BiGRU over the whole line; most
 of its misreads are single digits read as a look-alike (5 as 3, 9 as 4) with the count right.
 This net reads each digit again on its own: the reader's span of the digit is cut out of the
-28 px line, cropped to its ink and laid out the way MNIST lays out a digit (its longer side
-20 px, its centre of mass in the middle of 28x28), and a plain CNN classifies it. `mix_digits`
+line's ink at the upload's own resolution (`crops="source"`; older nets: of the 28 px line),
+cropped to its ink and laid out the way MNIST lays out a digit (its longer side 20 px, its
+centre of mass in the middle of 28x28), and a plain CNN classifies it. `mix_digits`
 weighs its log-probabilities against the reader's at the digit's column (weights fitted on
 validation lines); the count of digits and their places stay the reader's.
 """
@@ -28,6 +29,9 @@ class DigitGlyphConfig:
     dropout: float = 0.3
     # log p = mix[0] * glyph log-probs + mix[1] * reader log-probs (renormalised), fitted on validation.
     mix: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # Where crops are cut: "source", the ink at the upload's resolution (sharper: in the 28 px
+    # line most digits are shorter than MNIST's 20 px), or "line" (the first nets).
+    crops: str = "line"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -232,6 +232,9 @@ def to_captcha_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 # right, white ink on 0. Lines wider than `max_width` are scaled down further to fit.
 
 
+SOURCE_MAX_HEIGHT = 96
+
+
 @dataclass
 class NumberLine:
     x: torch.Tensor  # (1, 1, height, width) ink in [0, 1]
@@ -239,10 +242,18 @@ class NumberLine:
     x0: float  # the upload's x where the line's ink starts
     px_per_upload_px: float  # line pixels per upload pixel
     pad: int  # paper left of the ink, in line pixels
+    # The ink box the line was scaled from, at its own resolution (h, w), and line pixels per
+    # its pixels: the digit glyph net cuts its crops from it, sharper than the 20 px line.
+    source: torch.Tensor | None = None
+    source_scale: float = 1.0
 
     def to_upload(self, x_line: float) -> float:
         """A line x -> the upload's x."""
         return self.x0 + (x_line - self.pad) / self.px_per_upload_px
+
+    def to_source(self, span: tuple[float, float]) -> tuple[float, float]:
+        """[x0, x1) in the line's pixels -> the same in `source`'s."""
+        return tuple((x - self.pad) / self.source_scale for x in span)
 
 
 def number_line(ink: np.ndarray, contract: dict, work_scale: float = 1.0) -> NumberLine:
@@ -263,7 +274,14 @@ def number_line(ink: np.ndarray, contract: dict, work_scale: float = 1.0) -> Num
     line = np.zeros((height, width), dtype=np.float32)
     top = (height - new_h) // 2
     line[top:top + new_h, pad:pad + new_w] = fitted
-    return NumberLine(torch.from_numpy(line)[None, None], width, cols[0] / work_scale, scale * work_scale, pad)
+    # The source for the glyph crops: the ink box as it is, or at most SOURCE_MAX_HEIGHT px tall
+    # (a crop ends at 20 px; this bounds what a queued request holds to under 2 MB).
+    source, source_scale = crop, scale
+    if h > SOURCE_MAX_HEIGHT:
+        source = _resize(crop, SOURCE_MAX_HEIGHT, max(1, round(w * SOURCE_MAX_HEIGHT / h)))
+        source_scale = scale * h / SOURCE_MAX_HEIGHT
+    return NumberLine(torch.from_numpy(line)[None, None], width, cols[0] / work_scale, scale * work_scale, pad,
+                      torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)), source_scale)
 
 
 def prepare_number(image: Image.Image, contract: dict) -> NumberLine:

@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from conftest import WEIGHTS_DIR, require_mnist
 from models.ctc import greedy_runs as runs_of
 from models.number import NumberReader, NumberReaderConfig, digit_spans, pad_lines
-from models.preprocess import NoDigitError, number_line, prepare_number
+from models.preprocess import SOURCE_MAX_HEIGHT, NoDigitError, number_line, prepare_number
 from testkit import drawn_number, png_bytes
 
 CONTRACT = {"height": 28, "ink_height": 20, "pad": 8, "max_width": 1024}
@@ -116,6 +116,18 @@ def test_very_wide_lines_are_scaled_down_to_the_widest_line():
     ink[5:25, 10:4990] = 1.0
     line = number_line(ink, CONTRACT)
     assert line.width <= 1024 and line.x.shape[-1] == line.width
+
+
+def test_a_tall_upload_keeps_a_source_no_taller_than_its_cap_and_the_spans_still_map():
+    ink = np.zeros((400, 900), np.float32)
+    ink[:, 100:140] = 1.0  # a bar the full height
+    ink[100:300, 600:700] = 1.0  # a block in the middle
+    line = number_line(ink, CONTRACT)
+    assert line.source.shape[0] == SOURCE_MAX_HEIGHT and line.source.shape[1] == pytest.approx(600 * 96 / 400, abs=1)
+    block = np.flatnonzero(line.x[0, 0].amax(0).numpy() > 0.5)
+    block = block[block > line.width // 2]  # the block's columns in the line
+    x0, x1 = line.to_source((float(block[0]), float(block[-1] + 1)))
+    assert x0 == pytest.approx(500 * 96 / 400, abs=1.5) and x1 == pytest.approx(600 * 96 / 400, abs=1.5)
 
 
 def test_blank_images_have_no_number():

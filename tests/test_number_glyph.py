@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ from conftest import WEIGHTS_DIR, require_mnist
 from models.checkpoint import load_checkpoint
 from models.number import NumberReader, pad_lines
 from models.number_glyph import GLYPH_INK, GLYPH_SIZE, DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
-from models.preprocess import prepare_number
+from models.preprocess import number_line, prepare_number
 from testkit import drawn_number
 from training.number_data import CONTRACT
 
@@ -55,14 +56,40 @@ def test_the_mix_weights_pick_either_side_or_both():
     assert int(both.argmax()) == 0  # e^5 * 0.01 = 1.48 against 1 * 0.91: the glyph net wins
 
 
+def test_source_crops_keep_detail_that_the_28_px_line_loses():
+    # A 90 px bar and, beside it, a 40 px block of 10 stripes (4 px period). The line is scaled
+    # to the bar (20 px): the block becomes 9 px tall and its stripes (0.9 px) blur away; cut
+    # from the source ink it is brought to 20 px and keeps them (2 px period).
+    ink = np.zeros((90, 140), np.float32)
+    ink[:, 10:22] = 1.0
+    ink[30:70, 60:90] = np.tile(np.repeat(np.float32([1, 0]), 2), 10)[:, None]
+    line = number_line(ink, CONTRACT)
+    s = 20 / 90
+    assert line.source.shape == (90, 80) and line.source_scale == pytest.approx(s)
+    span = (line.pad + 50 * s, line.pad + 80 * s)  # the block's columns in the line (50..80 of the source)
+    assert line.to_source(span) == pytest.approx((50.0, 80.0))
+    sharp, blurry = glyph_crop(line.source, line.to_source(span)), glyph_crop(line.x[0, 0], span)
+
+    def stripes(crop):  # how far the row means swing between neighbouring rows, inside the ink
+        rows = crop.sum(1)
+        rows = rows[rows > 0.05 * float(rows.max())]
+        return float((rows[1:] - rows[:-1]).abs().mean() / rows.mean())
+
+    assert stripes(sharp) > 0.5 and stripes(blurry) < 0.2
+    torch.testing.assert_close(sharp, glyph_crop(torch.from_numpy(ink[:, 59:91].copy()), (0.0, 32.0)))
+
+
 def _reader_alone() -> NumberReader:
     model, _ = load_checkpoint(WEIGHTS_DIR / "number_ctc.json")
     return model.without_glyph().eval()
 
 
+def _number_lines():
+    return [prepare_number(drawn_number(t, seed=i), CONTRACT) for i, t in enumerate(["2026", "7", "31415926", "58"])]
+
+
 def _lines():
-    return pad_lines([prepare_number(drawn_number(t, seed=i), CONTRACT).x
-                      for i, t in enumerate(["2026", "7", "31415926", "58"])])
+    return pad_lines([line.x for line in _number_lines()])
 
 
 def test_a_glyph_net_weighted_zero_changes_nothing_and_one_that_says_7_makes_every_digit_7():
@@ -93,11 +120,35 @@ def test_a_glyph_net_weighted_zero_changes_nothing_and_one_that_says_7_makes_eve
 def test_the_committed_reader_carries_its_glyph_net_and_reads_the_same_alone_or_in_a_batch():
     model, manifest = load_checkpoint(WEIGHTS_DIR / "number_ctc.json")
     assert model.glyph is not None and manifest.architecture["glyph"]["mix"] == manifest.training["glyph"]["mix"]
-    x, widths = _lines()
-    together = model.read(x, widths)
-    for i, reading in enumerate(together):
-        alone = model.read(x[i:i + 1, :, :, :int(widths[i])])[0]
+    lines = _number_lines()
+    x, widths = pad_lines([line.x for line in lines])
+    together = model.read(x, widths, lines=lines)
+    assert [r.text for r in together] == ["2026", "7", "31415926", "58"]
+    for line, reading in zip(lines, together):
+        alone = model.read(line.x, lines=[line])[0]
         assert alone.text == reading.text and alone.confidence == pytest.approx(reading.confidence, rel=1e-4)
+
+
+def test_a_glyph_net_on_source_crops_needs_the_lines_and_reads_them_alone_or_batched():
+    reader = _reader_alone()
+    torch.manual_seed(0)
+    net = DigitGlyphNet(DigitGlyphConfig(mix=[1.0, 1.0], crops="source")).eval()
+    model = reader.with_glyph(net)
+    lines = _number_lines()
+    x, widths = pad_lines([line.x for line in lines])
+    with pytest.raises(ValueError, match="source ink"):
+        model.read(x, widths)
+    together = model.read(x, widths, lines=lines)
+    for i, line in enumerate(lines):
+        alone = model.read(line.x, lines=[line])[0]
+        assert alone.text == together[i].text and alone.confidence == pytest.approx(together[i].confidence, rel=1e-4)
+    # The crops are cut from the source: not the ones the same net would see in the line.
+    readings = reader.read(x, widths, spans=True)
+    logits, _ = reader(x, widths)
+    from_source, _ = reader.digit_evidence(x, logits, readings, lines, "source")
+    from_line, _ = reader.digit_evidence(x, logits, readings)
+    assert from_source.shape == from_line.shape == (15, 1, GLYPH_SIZE, GLYPH_SIZE)
+    assert not torch.allclose(from_source, from_line, atol=0.05)
 
 
 def test_the_committed_glyph_net_reads_better_than_the_reader_alone_on_validation():
@@ -117,6 +168,7 @@ def test_the_glyph_trainer_trains_goes_on_and_refits(tmp_path):
     glyph = manifest.training["glyph"]
     assert model.glyph is not None and manifest.architecture["glyph"]["mix"] == glyph["mix"]
     assert glyph["data"]["training_crops"] > 200 and glyph["samples_seen"] > 0
+    assert model.glyph.config.crops == glyph["data"]["crops_from"] == "source"  # the default
     assert {"reader_alone", "glyph_alone", "chosen"} <= set(glyph["validation"])
     assert manifest.metrics["mnist_test_lines"] == 2_000 and "reader_alone" in manifest.metrics
     # A second chunk from the first one's glyph net (and the reader inside the first manifest).

@@ -130,7 +130,7 @@ def test_lines(images: torch.Tensor, labels: torch.Tensor, count: int = 10_000, 
 
 def validation_lines(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[list[np.ndarray], list[str]]:
     """The reader's validation lines: `count` lines of 1-8 digits from these images (MNIST
-    training digits 55,000-59,999), composed without augmentation, always the same."""
+    training digits 54,000-59,999), composed without augmentation, always the same."""
     return mnist_lines(images, labels, [random.Random(k).randint(1, 8) for k in range(count)], random.Random(12345))
 
 

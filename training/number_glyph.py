@@ -7,10 +7,10 @@ with it.
         --out /tmp/glyph2   # the same glyph net on another reader: only its mix is fitted again
 
 The reader's weights are not changed. Training crops come from fresh lines of MNIST training
-digits 0..54,999 (augmented as the reader's training lines, 20% drawn like the page's pad),
+digits 0..53,999 (augmented as the reader's training lines, 20% drawn like the page's pad),
 cut where the reader itself puts each digit; lines it reads at the wrong length are left out
 (their spans do not line up with the digits). The mix of glyph net and reader is fitted on the
-reader's validation lines (digits 55,000..59,999); the figures come from the MNIST-test lines
+reader's validation lines (digits 54,000..59,999); the figures come from the MNIST-test lines
 as for the reader (training/number.py).
 """
 
@@ -41,16 +41,18 @@ MIX_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 
 
 @torch.inference_mode()
-def digit_evidence(reader: NumberReader, inks: list, texts: list[str], batch_size: int = 256):
+def digit_evidence(reader: NumberReader, inks: list, texts: list[str], crops_from: str, batch_size: int = 256):
     """Lines -> for every digit of the lines the reader reads at their true length: its crop
-    (N, 1, 28, 28) uint8, its true digit (N,), the reader's probabilities at its column (N, 11)
-    and which line it belongs to (N,); and the reader's texts for all lines."""
+    (N, 1, 28, 28) uint8 (cut from the line or its source ink, `crops_from`), its true digit
+    (N,), the reader's probabilities at its column (N, 11) and which line it belongs to (N,);
+    and the reader's texts for all lines."""
     reader.eval()
     order = sorted(range(len(inks)), key=lambda i: inks[i].shape[1])
     crops, truth, reader_probs, line_of, texts_read = [], [], [], [], [""] * len(inks)
     for k in range(0, len(order), batch_size):
         chunk = order[k:k + batch_size]
-        batch = collate([number_line(inks[i], CONTRACT) for i in chunk], ["0"] * len(chunk))
+        lines = [number_line(inks[i], CONTRACT) for i in chunk]
+        batch = collate(lines, ["0"] * len(chunk))
         logits, lengths = reader(batch.x, batch.widths)
         readings = read_number(logits, lengths)
         reader.find_spans(batch.x, lengths, readings)
@@ -59,7 +61,8 @@ def digit_evidence(reader: NumberReader, inks: list, texts: list[str], batch_siz
             texts_read[i] = r.text
         if not keep:
             continue
-        c, at = reader.digit_evidence(batch.x[keep], logits[keep], [readings[j] for j in keep])
+        c, at = reader.digit_evidence(batch.x[keep], logits[keep], [readings[j] for j in keep],
+                                      [lines[j] for j in keep], crops_from)
         crops.append((c * 255).round().to(torch.uint8))
         reader_probs.append(at)
         for j in keep:
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--val-lines", type=int, default=3_000)
     parser.add_argument("--data-seed", type=int, default=31)
     parser.add_argument("--cache", metavar="FILE", help="keep the training crops here (.pt) and reuse them")
+    parser.add_argument("--crops", choices=["source", "line"], default="source",
+                        help="cut crops from the ink at its own resolution (default) or from the 28 px line")
     add_common_args(parser, epochs=4, lr=2e-3, batch_size=128, weight_decay=5e-4, clip=5.0)
     args = parser.parse_args(argv)
     if args.threads:
@@ -149,32 +154,35 @@ def main(argv: list[str] | None = None) -> Path:
     train_x, train_y = load_mnist(args.data_root, train=True, limit=args.limit)
     split = min(TRAIN_DIGITS, int(len(train_x) * 0.9))
     val_inks, val_texts = validation_lines(train_x[split:], train_y[split:], args.val_lines)
-    val_crops, val_truth, val_reader, val_line_of, val_read = digit_evidence(reader, val_inks, val_texts)
+
+    source = previous = None  # the reader whose glyph net is taken (--glyph-from) or trained on (--glyph-init)
+    if args.glyph_from or args.glyph_init:
+        source, source_manifest = load_checkpoint(args.glyph_from or args.glyph_init)
+        if source.glyph is None:
+            raise SystemExit(f"{args.glyph_from or args.glyph_init} carries no glyph net")
+        previous = source_manifest.training["glyph"]
+    crops_from = source.glyph.config.crops if source is not None else args.crops
+    val_crops, val_truth, val_reader, val_line_of, val_read = digit_evidence(reader, val_inks, val_texts, crops_from)
     alone = score(val_read, val_texts)
 
     if args.glyph_from:
-        source, source_manifest = load_checkpoint(args.glyph_from)
-        if source.glyph is None:
-            raise SystemExit(f"{args.glyph_from} carries no glyph net")
-        net, result, settings, glyph_training = source.glyph.eval(), None, None, source_manifest.training["glyph"]
+        net, result, settings, glyph_training = source.glyph.eval(), None, None, previous
     else:
-        if args.cache and Path(args.cache).exists():
-            crops, digits = torch.load(args.cache).values()
+        cached = torch.load(args.cache) if args.cache and Path(args.cache).exists() else None
+        if cached is not None and cached.get("crops_from", "line") != crops_from:
+            raise SystemExit(f"{args.cache} holds crops cut from the {cached.get('crops_from', 'line')}, "
+                             f"not the {crops_from}")
+        if cached is not None:
+            crops, digits = cached["crops"], cached["digits"]
         else:
             inks, texts = training_lines(train_x[:split], train_y[:split], args.lines, args.data_seed)
-            crops, digits, _, _, _ = digit_evidence(reader, inks, texts)
+            crops, digits, _, _, _ = digit_evidence(reader, inks, texts, crops_from)
             if args.cache:
-                torch.save({"crops": crops, "digits": digits}, args.cache)
+                torch.save({"crops": crops, "digits": digits, "crops_from": crops_from}, args.cache)
         print(f"{len(crops):,} training crops from {args.lines:,} lines, {len(val_crops):,} validation crops "
               f"[{time.perf_counter() - start:.0f}s]", flush=True)
-        net = DigitGlyphNet(DigitGlyphConfig()).to(device)
-        previous = None
-        if args.glyph_init:
-            source, source_manifest = load_checkpoint(args.glyph_init)
-            if source.glyph is None:
-                raise SystemExit(f"{args.glyph_init} carries no glyph net")
-            net = source.glyph.to(device).train()
-            previous = source_manifest.training["glyph"]
+        net = (source.glyph if source is not None else DigitGlyphNet(DigitGlyphConfig(crops=crops_from)))
+        net = net.to(device).train()
         settings = settings_from_args(args, len(crops) // args.batch_size, args.out)
 
         def validate() -> dict:
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> Path:
         glyph_training = training_section(
             result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
             validation_crops=len(val_crops),
-            data={"lines": args.lines, "seed": args.data_seed, "training_crops": len(crops)},
+            data={"lines": args.lines, "seed": args.data_seed, "training_crops": len(crops), "crops_from": crops_from},
             parameters=sum(p.numel() for p in net.parameters()))
         if previous is not None:  # the chunks so far, this one last
             chunks = previous.get("chunks") or [{k: previous[k] for k in ("samples_seen", "seconds", "epochs")}]

@@ -44,7 +44,7 @@ def number_batch(entry: LoadedModel, items: list[NumberLine]) -> list[NumberRead
     """One forward pass for B lines of any widths (run by app/batching.py in the model's thread):
     padded on the right to the widest, which changes no line's outputs (models/number.py)."""
     x, widths = pad_lines([line.x for line in items])
-    return entry.model.read(x.to(entry.device), widths, spans=True)
+    return entry.model.read(x.to(entry.device), widths, spans=True, lines=items)
 
 
 def _upload_span(line: NumberLine, span: tuple[float, float], upload_width: int) -> tuple[int, int]:
