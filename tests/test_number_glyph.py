@@ -163,12 +163,15 @@ def test_the_glyph_trainer_trains_goes_on_and_refits(tmp_path):
 
     root = require_mnist()
     common = ["--data-root", str(root), "--limit", "2000", "--val-lines", "150", "--threads", "1", "--no-progress"]
-    first = number_glyph.main(common + ["--lines", "200", "--epochs", "1", "--out", str(tmp_path / "a")])
+    cache = str(tmp_path / "crops.pt")
+    first = number_glyph.main(common + ["--lines", "200", "--epochs", "1", "--cache", cache, "--out", str(tmp_path / "a")])
     model, manifest = load_checkpoint(first)
     glyph = manifest.training["glyph"]
     assert model.glyph is not None and manifest.architecture["glyph"]["mix"] == glyph["mix"]
     assert glyph["data"]["training_crops"] > 200 and glyph["samples_seen"] > 0
     assert model.glyph.config.crops == glyph["data"]["crops_from"] == "source"  # the default
+    with pytest.raises(SystemExit, match="cut from the source, not the line"):  # the cache says which kind it holds
+        number_glyph.main(common + ["--crops", "line", "--cache", cache, "--out", str(tmp_path / "x")])
     assert {"reader_alone", "glyph_alone", "chosen"} <= set(glyph["validation"])
     assert manifest.metrics["mnist_test_lines"] == 2_000 and "reader_alone" in manifest.metrics
     # A second chunk from the first one's glyph net (and the reader inside the first manifest).
