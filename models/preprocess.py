@@ -263,7 +263,8 @@ def number_line(ink: np.ndarray, contract: dict, work_scale: float = 1.0) -> Num
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if not len(rows):
         raise NoDigitError("no ink found: the image is blank or has too little contrast")
-    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # One contiguous copy, shared by the line's resize and the glyph crops' source.
+    crop = np.ascontiguousarray(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], dtype=np.float32)
     h, w = crop.shape
     height, pad = contract["height"], contract["pad"]
     scale = contract["ink_height"] / h
@@ -281,7 +282,7 @@ def number_line(ink: np.ndarray, contract: dict, work_scale: float = 1.0) -> Num
         source = _resize(crop, SOURCE_MAX_HEIGHT, max(1, round(w * SOURCE_MAX_HEIGHT / h)))
         source_scale = scale * h / SOURCE_MAX_HEIGHT
     return NumberLine(torch.from_numpy(line)[None, None], width, cols[0] / work_scale, scale * work_scale, pad,
-                      torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)), source_scale)
+                      torch.from_numpy(source), source_scale)
 
 
 def prepare_number(image: Image.Image, contract: dict) -> NumberLine:

@@ -47,8 +47,9 @@ def read_lines(model: NumberReader, lines, device, batch_size: int = 256) -> lis
     texts: list[str] = [""] * len(lines)
     for k in range(0, len(order), batch_size):
         chunk = order[k:k + batch_size]
-        batch = collate([lines[i] for i in chunk], ["0"] * len(chunk))
-        for i, reading in zip(chunk, model.read(batch.x.to(device), batch.widths, lines=[lines[i] for i in chunk])):
+        chunk_lines = [lines[i] for i in chunk]
+        batch = collate(chunk_lines, ["0"] * len(chunk))
+        for i, reading in zip(chunk, model.read(batch.x.to(device), batch.widths, lines=chunk_lines)):
             texts[i] = reading.text
     return texts
 
