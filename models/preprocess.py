@@ -91,7 +91,8 @@ def _ink(image: Image.Image, floor_from_paper: bool = False) -> tuple[np.ndarray
         # edge pixels were never floored away: on the first 2,000 MNIST-test lines as PNG, 51 read
         # wrong with the 10% floor, 42 with this one, as many as composed; JPEG photos with sensor
         # noise read the same with either. 0.03 keeps stray JPEG specks out of the ink's box.
-        floor = min(floor, max(0.03, 5 * float(np.median(ink))))
+        step = max(1, int((ink.size / 250_000) ** 0.5))  # a photo: the median of every step-th pixel (35 -> 5 ms)
+        floor = min(floor, max(0.03, 5 * float(np.median(ink[::step, ::step]))))
     return np.clip((ink - floor) / (peak - floor), 0.0, 1.0), image.width / width
 
 
