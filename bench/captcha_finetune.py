@@ -8,6 +8,9 @@ from random weights, and ddddocr, all read on 1,000 fresh held-out captchas of t
 
 Runs --parallel trainings at a time (default 2), one CPU thread each. The minutes
 reported are each run's own wall clock (its manifest's `training.seconds`, evaluation included).
+Each style's row also gives the best a perfect case-insensitive reader can expect on its test
+texts (training/captcha_styles.best_possible: I and l in a sans font are the same bar) and,
+per reader, how many of the I and l characters it read right.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from models.checkpoint import load_checkpoint
 from models.preprocess import captcha_pixels
 from training.captcha_finetune import accuracy, read_texts
 from training.loop import PRECISIONS
-from training.captcha_styles import samples, write_folder
+from training.captcha_styles import best_possible, i_and_l_right, samples, write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SEED, TEST_SEED = 1_000, 2_000  # + the style's index
@@ -92,7 +95,7 @@ def main() -> None:
         if len(list(folder.glob("*.png"))) != args.train:
             write_folder(folder, style, args.train, TRAIN_SEED + k)
         test = [s for _, s in zip(range(args.test), samples(style, TEST_SEED + k))]
-        tests[style] = ([t.lower() for t, _ in test], [img for _, img in test])
+        tests[style] = ([t.lower() for t, _ in test], [img for _, img in test], [t for t, _ in test])
         for start in args.starts:  # row "finetuned" (from ctc) or "finetuned_from_general"
             key = "finetuned" if start == "ctc" else f"finetuned_from_{start}"
             init = str(ROOT / "models" / "weights" / f"captcha_{start}.json")
@@ -117,9 +120,14 @@ def main() -> None:
                                     .training.get("samples_seen") if "ctc" in args.starts
                                     else (earlier or {}).get("ctc_samples_seen"))}
     for style in args.styles:
-        truth, images = tests[style]
+        truth, images, mixed_case = tests[style]
         row: dict = dict(earlier["styles"].get(style, {})) if earlier is not None else {}
         row["samples"] = len(truth)
+        row["best_possible"] = round(best_possible(style, mixed_case), 5)
+
+        def with_i_and_l(figures: dict, predicted: list[str]) -> dict:
+            right, total = i_and_l_right(predicted, mixed_case)
+            return {**figures, "i_and_l_right": round(right / max(total, 1), 4), "i_and_l": total}
         at_size: dict[tuple[int, int], np.ndarray] = {}  # (H, W) -> uint8 (N, H, W), each size resized once
 
         def pixels(size: tuple[int, int]) -> np.ndarray:
@@ -128,23 +136,24 @@ def main() -> None:
             return at_size[size]
 
         for name, model in shipped.items():  # the shipped readers as they are, no fine-tuning
-            row[f"shipped_{name}"] = accuracy(read_texts(model, pixels((model.config.height, model.config.width)), "cpu"),
-                                              truth)
+            predicted = read_texts(model, pixels((model.config.height, model.config.width)), "cpu")
+            row[f"shipped_{name}"] = with_i_and_l(accuracy(predicted, truth), predicted)
         for (s, _, _, name, scratch, _, key), (json_path, seconds) in trained:
             if s != style:
                 continue
             model, manifest = load_checkpoint(json_path)
             own = pixels((manifest.input["height"], manifest.input["width"]))
-            figures = accuracy(read_texts(model, own, "cpu", manifest.answers), truth)
+            predicted = read_texts(model, own, "cpu", manifest.answers)
+            figures = with_i_and_l(accuracy(predicted, truth), predicted)
             figures["minutes"] = round(manifest.training["seconds"] / 60, 2)
             figures["wall_minutes"] = round(seconds / 60, 2)
             figures["samples_seen"] = manifest.training["samples_seen"]
             figures["precision"] = manifest.training["precision"]
             row[key] = figures
         texts, ms = ddddocr_texts(images)
-        row["ddddocr"] = {**accuracy(texts, truth), "ms_per_image": round(ms, 1)}
+        row["ddddocr"] = {**with_i_and_l(accuracy(texts, truth), texts), "ms_per_image": round(ms, 1)}
         results["styles"][style] = row
-        print(f"{style}: " + " | ".join(f"{k} {v['full_string_accuracy']:.1%}" + (f" ({v['minutes']:.1f} min)" if "minutes" in v else "")
+        print(f"{style}: best possible {row['best_possible']:.1%} | " + " | ".join(f"{k} {v['full_string_accuracy']:.1%}" + (f" ({v['minutes']:.1f} min)" if "minutes" in v else "")
                                         for k, v in row.items() if isinstance(v, dict)), flush=True)
     if args.save:
         Path(args.save).write_text(json.dumps(results, indent=1) + "\n")

@@ -399,8 +399,8 @@ def render_finetune() -> str:
              f"trainer), {r['minutes_budget']:g} minutes per run on one CPU thread, read on {r['test']:,} fresh ones "
              "(full string; per character in brackets):", "",
              "| style | fine-tuned from `captcha_ctc` | minutes | fine-tuned from `captcha_general` | minutes | "
-             "same budget from scratch | shipped `ctc` as is | shipped `general` as is | ddddocr |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "same budget from scratch | shipped `ctc` as is | shipped `general` as is | ddddocr | best possible |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for style, row in r["styles"].items():
         def cell(k):
             return f"{row[k]['full_string_accuracy']:.1%} ({row[k]['char_accuracy']:.1%})" if k in row else "-"
@@ -412,9 +412,22 @@ def render_finetune() -> str:
         best = max(runs, key=lambda k: row[k]["full_string_accuracy"])
         cells = {k: (f"**{cell(k)}**" if k == best else cell(k))
                  for k in ("finetuned", "finetuned_from_general", "scratch", "shipped_ctc", "shipped_general", "ddddocr")}
+        ceiling = f"{row['best_possible']:.1%}" if "best_possible" in row else "-"
         lines.append(f"| {STYLE_NAMES.get(style, style)} | {cells['finetuned']} | {minutes('finetuned')} | "
                      f"{cells['finetuned_from_general']} | {minutes('finetuned_from_general')} | "
-                     f"{cells['scratch']} | {cells['shipped_ctc']} | {cells['shipped_general']} | {cells['ddddocr']} |")
+                     f"{cells['scratch']} | {cells['shipped_ctc']} | {cells['shipped_general']} | {cells['ddddocr']} | "
+                     f"{ceiling} |")
+    if all("best_possible" in row for row in r["styles"].values()):
+        def i_and_l(row, k):
+            return f"{row[k]['i_and_l_right']:.0%} of {row[k]['i_and_l']}" if "i_and_l_right" in row.get(k, {}) else "-"
+        lines += ["", "Best possible: the full string a perfect case-insensitive reader can expect if a capital I "
+                  "and a small l drawn in a sans font (both of wheezy's fonts, one of the two of the other styles: "
+                  "there the two are the same solid bar) are each a coin toss and nothing else is misread "
+                  "(`training/captcha_styles.best_possible` over the same test texts). An estimate, not a bound: a "
+                  "few % of height can tip a guess, and other look-alikes (0 and O) are not counted. Of the I and l "
+                  "characters in answers of the right length, read right (fine-tuned from `captcha_general` vs "
+                  "ddddocr): " + "; ".join(f"{style} {i_and_l(row, 'finetuned_from_general')} vs {i_and_l(row, 'ddddocr')}"
+                                           for style, row in r["styles"].items()) + "."]
     served = json.loads((WEIGHTS / "captcha_ctc.json").read_text())["training"].get("samples_seen")
     if r.get("ctc_samples_seen") != served:
         lines += ["", "The `captcha_ctc` and shipped `ctc` columns were measured with an earlier `ctc` than the one "

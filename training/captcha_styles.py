@@ -88,6 +88,36 @@ def _lines_style(rng: random.Random) -> Callable[[str], Image.Image]:
 STYLES: dict[str, Callable[[random.Random], Callable[[str], Image.Image]]] = {
     "fonts": _fonts_style, "wheezy": _wheezy_style, "lines": _lines_style}
 
+# The share of characters each style draws in a sans font whose capital I and small l are the
+# same solid bar (DejaVu Sans and Sans Bold, Liberation Sans and Sans Bold: widths within 1 px,
+# heights within 4%, less than the size each style varies each character by). Read case-
+# insensitively, such an I is "i" and such an l is "l", and nothing in the image tells them apart.
+# fonts: 1 of its 2 fonts; wheezy: both; lines: 2 of its 4 font/size pairs.
+SAME_I_AND_L = {"fonts": 0.5, "wheezy": 1.0, "lines": 0.5}
+
+
+def best_possible(style: str, texts: list[str]) -> float:
+    """The full-string accuracy a perfect case-insensitive reader can expect on these mixed-case
+    `texts` of `style` if every I or l drawn in a font of SAME_I_AND_L is right half the time and
+    everything else always. An estimate, not a bound: the bars' few % of height can tip a guess,
+    and other look-alikes (0 and O) are not counted."""
+    coin = SAME_I_AND_L[style] / 2  # chance that one I or l is both ambiguous and guessed wrong
+    return sum((1 - coin) ** sum(c in "Il" for c in text) for text in texts) / len(texts)
+
+
+def i_and_l_right(predicted: list[str], texts: list[str]) -> tuple[int, int]:
+    """Of the I and l characters of the mixed-case `texts` in answers of the right length, how
+    many the (lower-case) `predicted` answers read right, and how many there were."""
+    right = total = 0
+    for answer, text in zip(predicted, texts):
+        if len(answer) != len(text):
+            continue
+        for got, want in zip(answer, text):
+            if want in "Il":
+                total += 1
+                right += got == want.lower()
+    return right, total
+
 
 def samples(style: str, seed: int, lengths: tuple[int, int] = (4, 6)) -> Iterator[tuple[str, Image.Image]]:
     """Endless (mixed-case text, image) of `style` from `seed`."""
