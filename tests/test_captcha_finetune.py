@@ -96,7 +96,10 @@ def test_a_finetuned_reader_is_served_without_a_restart_and_answers_as_in_traini
 
         # Parity: every image through HTTP reads as the trainer's evaluation reads it.
         model, manifest = load_checkpoint(json_path)
-        pixels = np.stack([captcha_pixels(Image.open(p)) for p, _ in items])
+        # At the reader's own input size, as the trainer and the service read (the widened ctc
+        # reads 128x32; captcha_pixels' default is the seed readers' 96x32).
+        size = (manifest.input["height"], manifest.input["width"])
+        pixels = np.stack([captcha_pixels(Image.open(p), *size) for p, _ in items])
         trained = read_texts(model, pixels, "cpu", manifest.answers)
         answered = []
         for path, _ in items:
