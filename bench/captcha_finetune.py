@@ -95,7 +95,7 @@ def main() -> None:
         if len(list(folder.glob("*.png"))) != args.train:
             write_folder(folder, style, args.train, TRAIN_SEED + k)
         test = [s for _, s in zip(range(args.test), samples(style, TEST_SEED + k))]
-        tests[style] = ([t.lower() for t, _ in test], [img for _, img in test], [t for t, _ in test])
+        tests[style] = ([t for t, _ in test], [img for _, img in test])  # texts in mixed case, as drawn
         for start in args.starts:  # row "finetuned" (from ctc) or "finetuned_from_general"
             key = "finetuned" if start == "ctc" else f"finetuned_from_{start}"
             init = str(ROOT / "models" / "weights" / f"captcha_{start}.json")
@@ -120,7 +120,8 @@ def main() -> None:
                                     .training.get("samples_seen") if "ctc" in args.starts
                                     else (earlier or {}).get("ctc_samples_seen"))}
     for style in args.styles:
-        truth, images, mixed_case = tests[style]
+        mixed_case, images = tests[style]
+        truth = [t.lower() for t in mixed_case]
         row: dict = dict(earlier["styles"].get(style, {})) if earlier is not None else {}
         row["samples"] = len(truth)
         row["best_possible"] = round(best_possible(style, mixed_case), 5)
