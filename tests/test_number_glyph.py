@@ -175,9 +175,14 @@ def test_the_glyph_trainer_trains_goes_on_and_refits(tmp_path):
     assert {"reader_alone", "glyph_alone", "chosen"} <= set(glyph["validation"])
     assert manifest.metrics["mnist_test_lines"] == 2_000 and "reader_alone" in manifest.metrics
     # A second chunk from the first one's glyph net (and the reader inside the first manifest).
+    # This one warps its crops and adds the 1,800 training digits of --limit 2000 (90%) whole.
     second = number_glyph.main(common + ["--lines", "200", "--epochs", "1", "--reader", str(first),
-                                         "--glyph-init", str(first), "--out", str(tmp_path / "b")])
+                                         "--glyph-init", str(first), "--augment", "--mnist-digits",
+                                         "--out", str(tmp_path / "b")])
     model2, manifest2 = load_checkpoint(second)
+    data2 = manifest2.training["glyph"]["data"]
+    assert data2["mnist_digits"] and data2["training_crops"] == glyph["data"]["training_crops"] + 1_800
+    assert "affine" in data2["augmentation"] and not glyph["data"]["mnist_digits"]
     chunks = manifest2.training["glyph"]["chunks"]
     assert len(chunks) == 2 and chunks[0]["samples_seen"] == glyph["samples_seen"]
     assert manifest2.metrics["reader_alone"] == manifest.metrics["reader_alone"]
@@ -190,3 +195,32 @@ def test_the_glyph_trainer_trains_goes_on_and_refits(tmp_path):
         torch.testing.assert_close(model3.glyph.state_dict()[k], v)
     assert manifest3.training["glyph"]["glyph_from"] == "number_ctc.json"
     assert manifest3.training["glyph"]["chunks"] == chunks
+
+
+def test_training_crops_are_warped_like_digits_and_whole_mnist_digits_are_laid_out_as_crops():
+    from training.number_glyph import CropBatches, mnist_crops
+
+    digits = torch.zeros(3, 28, 28)
+    digits[0, 2:26, 12:16] = 1.0  # a tall bar (a 1) nearer the top than MNIST would put it
+    digits[1, 10:14, 4:24] = 0.8  # a flat bar
+    crops = mnist_crops(digits)  # the third is empty: all zeros
+    assert crops.shape == (3, 1, 28, 28) and crops.dtype == torch.uint8
+    torch.testing.assert_close(crops[0, 0].float() / 255, glyph_crop(digits[0], (0.0, 28.0)), atol=1 / 255, rtol=0)
+    rows = crops[0, 0].float().sum(1).nonzero().squeeze(1)
+    assert int(rows[-1]) - int(rows[0]) + 1 == GLYPH_INK and int(crops[2].sum()) == 0
+
+    many = crops[:2].repeat(32, 1, 1, 1)
+    labels = torch.tensor([1, 7]).repeat(32)  # 1: the tall bar, 7: the flat bar
+    sums = (many[:2].float() / 255).sum((1, 2, 3))
+
+    def matches_an_original(x: torch.Tensor) -> torch.Tensor:  # (B,) whether its ink is an original's
+        return ((x.sum((1, 2, 3))[:, None] - sums[None]).abs() < 1e-3).any(1)
+
+    x, y = CropBatches(many, labels, 16, torch.device("cpu")).next()
+    assert x.shape == (16, 1, 28, 28) and bool(matches_an_original(x).all())  # only shifted: the ink is kept
+    x, y = CropBatches(many, labels, 16, torch.device("cpu"), augment=True, seed=3).next()
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) <= 1
+    assert int(matches_an_original(x).sum()) <= 8  # most are warped (10% are left clean)
+    ink = x[:, 0] > 0.3
+    tall = ink.any(2).sum(1) > ink.any(1).sum(1)  # more rows than columns hold ink
+    assert torch.equal(tall, y == 1)  # each warped crop still comes with its own label

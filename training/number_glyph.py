@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device
 from models.number import NumberReader, read_number
-from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, mix_digits
+from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
 from models.preprocess import number_line
+from training.augment import augment_digits
 from training.common import add_common_args, load_mnist, seed_everything
 from training.export import export, training_section
 from training.loop import Shuffled, ShuffledSource, fit, settings_from_args
@@ -86,19 +87,31 @@ def training_lines(images, labels, count: int, seed: int):
 
 
 class CropBatches(ShuffledSource):
-    """Shuffled batches of uint8 crops -> (float crops (B, 1, 28, 28) in [0, 1], digits (B,)),
-    each batch shifted by up to 1 px (placement noise)."""
+    """Shuffled batches of uint8 crops -> (float crops (B, 1, 28, 28) in [0, 1], digits (B,)):
+    with `augment`, each crop warped as the digit trainer warps digits (affine, stroke width,
+    blur); without, each batch shifted by up to 1 px (placement noise)."""
 
-    def __init__(self, crops: torch.Tensor, digits: torch.Tensor, batch_size: int, device: torch.device):
-        self.crops, self.digits, self.device = crops, digits, device
+    def __init__(self, crops: torch.Tensor, digits: torch.Tensor, batch_size: int, device: torch.device,
+                 augment: bool = False, seed: int = 0):
+        self.crops, self.digits, self.device, self.augment = crops, digits, device, augment
         self.order = Shuffled(len(crops), batch_size, drop_last=True)
+        self.gen = torch.Generator().manual_seed(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.order.next()
         x = self.crops[idx].float() / 255
-        dy, dx = (int(v) for v in torch.randint(-1, 2, (2,)))
-        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        if self.augment:
+            x = augment_digits(x[:, 0], self.gen).unsqueeze(1)
+        else:
+            dy, dx = (int(v) for v in torch.randint(-1, 2, (2,)))
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         return x.to(self.device), self.digits[idx].to(self.device)
+
+
+def mnist_crops(images: torch.Tensor) -> torch.Tensor:
+    """Whole MNIST digits (N, 28, 28) in [0, 1] -> (N, 1, 28, 28) uint8, laid out by
+    `glyph_crop` exactly as a digit cut from a line is."""
+    return torch.stack([(glyph_crop(image, (0.0, 28.0)) * 255).round().to(torch.uint8) for image in images])[:, None]
 
 
 @torch.inference_mode()
@@ -142,6 +155,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--cache", metavar="FILE", help="keep the training crops here (.pt) and reuse them")
     parser.add_argument("--crops", choices=["source", "line"], default="source",
                         help="cut crops from the ink at its own resolution (default) or from the 28 px line")
+    parser.add_argument("--augment", action="store_true",
+                        help="warp each training crop as the digit trainer warps digits (else 1 px shifts)")
+    parser.add_argument("--mnist-digits", action="store_true",
+                        help="train on the whole training digits 0..53,999 too, laid out as crops")
+    parser.add_argument("--channels", type=int, nargs="+", default=DigitGlyphConfig().channels,
+                        help="a new glyph net's channels per conv block")
     add_common_args(parser, epochs=4, lr=2e-3, batch_size=128, weight_decay=5e-4, clip=5.0)
     args = parser.parse_args(argv)
     if args.threads:
@@ -179,9 +198,12 @@ def main(argv: list[str] | None = None) -> Path:
             crops, digits, _, _, _ = digit_evidence(reader, inks, texts, crops_from)
             if args.cache:
                 torch.save({"crops": crops, "digits": digits, "crops_from": crops_from}, args.cache)
+        if args.mnist_digits:
+            crops = torch.cat([crops, mnist_crops(train_x[:split])])
+            digits = torch.cat([digits, train_y[:split]])
         print(f"{len(crops):,} training crops from {args.lines:,} lines, {len(val_crops):,} validation crops "
               f"[{time.perf_counter() - start:.0f}s]", flush=True)
-        net = (source.glyph if source is not None else DigitGlyphNet(DigitGlyphConfig(crops=crops_from)))
+        net = source.glyph if source is not None else DigitGlyphNet(DigitGlyphConfig(args.channels, crops=crops_from))
         net = net.to(device).train()
         settings = settings_from_args(args, len(crops) // args.batch_size, args.out)
 
@@ -189,7 +211,8 @@ def main(argv: list[str] | None = None) -> Path:
             return {"val_digit_error": round(float((glyph_logits(net, val_crops).argmax(-1) != val_truth)
                                                    .float().mean()), 5)}
 
-        result = fit(net, CropBatches(crops, digits, args.batch_size, device), F.cross_entropy, settings=settings,
+        batches = CropBatches(crops, digits, args.batch_size, device, augment=args.augment, seed=args.seed)
+        result = fit(net, batches, F.cross_entropy, settings=settings,
                      evaluate=validate)
         net = net.cpu().eval()
         glyph_training = None
@@ -209,7 +232,10 @@ def main(argv: list[str] | None = None) -> Path:
         glyph_training = training_section(
             result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
             validation_crops=len(val_crops),
-            data={"lines": args.lines, "seed": args.data_seed, "training_crops": len(crops), "crops_from": crops_from},
+            data={"lines": args.lines, "seed": args.data_seed, "training_crops": len(crops), "crops_from": crops_from,
+                  "mnist_digits": args.mnist_digits,
+                  "augmentation": "the digit trainer's (affine, stroke width, blur)" if args.augment
+                  else "shifts of up to 1 px"},
             parameters=sum(p.numel() for p in net.parameters()))
         if previous is not None:  # the chunks so far, this one last
             chunks = previous.get("chunks") or [{k: previous[k] for k in ("samples_seen", "seconds", "epochs")}]
