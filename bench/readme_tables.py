@@ -365,8 +365,8 @@ def render_number() -> str:
         where = ("cut from the ink at the upload's own resolution" if g["data"].get("crops_from") == "source"
                  else "cut from the 28 px line")
         whole = " and the training digits 0-53,999 whole" if g["data"].get("mnist_digits") else ""
-        warped = {"shifts of up to 1 px": "shifted by up to 1 px"}.get(
-            g["data"].get("augmentation", "shifts of up to 1 px"), "warped as the digit trainer warps digits")
+        shifted_only = g["data"].get("augmentation", "shifts of up to 1 px") == "shifts of up to 1 px"
+        warped = "shifted by up to 1 px" if shifted_only else "warped as the digit trainer warps digits"
         lines += ["", f"Each digit is read again by the glyph CNN ({g['parameters']:,} parameters) from an MNIST-style "
                       f"crop of its span ({where}), and the two are mixed with weights {g['mix'][0]:g} (glyph) and {g['mix'][1]:g} "
                       f"(reader) fitted on {g['validation']['lines']:,} validation lines. It trained on "

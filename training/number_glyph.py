@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                    .float().mean()), 5)}
 
         batches = CropBatches(crops, digits, args.batch_size, device, augment=args.augment, seed=args.seed)
-        result = fit(net, batches, F.cross_entropy, settings=settings,
-                     evaluate=validate)
+        result = fit(net, batches, F.cross_entropy, settings=settings, evaluate=validate)
         net = net.cpu().eval()
         glyph_training = None
 
