@@ -365,13 +365,12 @@ def render_number() -> str:
         where = ("cut from the ink at the upload's own resolution" if g["data"].get("crops_from") == "source"
                  else "cut from the 28 px line")
         whole = " and the training digits 0-53,999 whole" if g["data"].get("mnist_digits") else ""
-        shifted_only = g["data"].get("augmentation", "shifts of up to 1 px") == "shifts of up to 1 px"
-        warped = "shifted by up to 1 px" if shifted_only else "warped as the digit trainer warps digits"
+        varied = g["data"].get("augmentation", "shifts of up to 1 px")  # older manifests: shifts, unrecorded
         lines += ["", f"Each digit is read again by the glyph CNN ({g['parameters']:,} parameters) from an MNIST-style "
                       f"crop of its span ({where}), and the two are mixed with weights {g['mix'][0]:g} (glyph) and {g['mix'][1]:g} "
                       f"(reader) fitted on {g['validation']['lines']:,} validation lines. It trained on "
                       f"{g['data']['training_crops']:,} crops cut from {g['data']['lines']:,} training lines where the "
-                      f"reader read them{whole}, {warped}, for {minutes:.0f} min ({epochs} epochs). The reader alone: "
+                      f"reader read them{whole}, augmented with {varied}, for {minutes:.0f} min ({epochs} epochs). The reader alone: "
                       f"{alone['mnist_lines_number_accuracy']:.2%} whole, {alone['mnist_lines_digit_accuracy']:.2%} per "
                       "digit on the same test lines."]
     if NUMBER_LATENCY.is_file():

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> Path:
             validation_crops=len(val_crops),
             data={"lines": args.lines, "seed": args.data_seed, "training_crops": len(crops), "crops_from": crops_from,
                   "mnist_digits": args.mnist_digits,
-                  "augmentation": "the digit trainer's (affine, stroke width, blur)" if args.augment
+                  "augmentation": "the digit trainer's warps (affine, stroke width, blur)" if args.augment
                   else "shifts of up to 1 px"},
             parameters=sum(p.numel() for p in net.parameters()))
         if previous is not None:  # the chunks so far, this one last
