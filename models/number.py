@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.ctc import greedy_runs, padded_ctc_loss, text_probability  # output 0 is the blank; output k is the digit k - 1
 from models.number_glyph import GLYPH_SIZE, DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
-from models.preprocess import NumberLine
+from models.preprocess import NumberLine, number_line
 
 NUM_DIGITS = 10
 
@@ -41,6 +41,10 @@ class NumberReaderConfig:
     # The digit glyph net's config (a DigitGlyphConfig as a dict, its `mix` fitted for this
     # reader; models/number_glyph.py); None = the reader alone.
     glyph: dict | None = None
+    # Read an unsure line again at other sizes: a reading whose text has a probability under
+    # `below` is read again from the line's source ink scaled by each of `scales` (relative to its
+    # own ink height), and the texts vote (`reread` below); None = one reading per line.
+    reread: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,18 +136,61 @@ class NumberReader(nn.Module):
 
     @torch.inference_mode()
     def read(self, x: torch.Tensor, widths: torch.Tensor | None = None, spans: bool = False,
-             lines: list[NumberLine] | None = None) -> list[NumberReading]:
+             lines: list[NumberLine] | None = None, reread: bool = True) -> list[NumberReading]:
         """x (B, 1, H, W), widths (B,) -> one reading per line; with `spans`, each digit's ink
         extent in the line's pixels too. A reader with a glyph net reads each digit again
         inside its span (and so always finds the spans); one that cuts its crops from the
-        source ink needs the B NumberLines of x as `lines`."""
+        source ink needs the B NumberLines of x as `lines`. With `lines` (and `reread` in the
+        config), unsure lines are read again at other sizes (`reread_unsure`)."""
         logits, lengths = self(x, widths)
         readings = read_number(logits, lengths)
         if spans or self.glyph is not None:
             self.find_spans(x, lengths, readings)
         if self.glyph is not None:
             self.refine(x, logits, readings, lines)
+        if reread and self.config.reread is not None and lines is not None:
+            self.reread_unsure(readings, lines, x.device)
         return readings
+
+    def reread_unsure(self, readings: list[NumberReading], lines: list[NumberLine], device: torch.device) -> None:
+        """Each reading whose text's probability is under the config's `below`: its line is
+        composed again from its source ink at each of the `scales` (ink 16-24 px tall instead of
+        20: the reader and glyph net see other pixels of the same digits) and read again; the
+        distinct texts are scored by the sum of their probabilities over the readings (the first
+        one included) and the best wins. Its reading (digits, spans mapped back into the first
+        line's pixels) is the most confident one that spells it; its confidence is that sum over
+        the number of readings, so a text only some sizes agree on comes back less sure. Confident
+        lines (most of them) cost nothing more."""
+        below, scales = self.config.reread["below"], self.config.reread["scales"]
+        unsure = [i for i, r in enumerate(readings) if r.confidence < below and lines[i].source is not None]
+        if not unsure:
+            return
+        again, owner = [], []
+        for i in unsure:
+            line = lines[i]
+            source = line.source.numpy()
+            ink_height = source.shape[0] * line.source_scale  # about the contract's, unless a wide line was shrunk
+            for scale in scales:
+                contract = {"height": self.config.height, "pad": line.pad, "ink_height": ink_height * scale,
+                            "max_width": math.ceil(line.width * scale) + 2 * line.pad + 2}
+                again.append(number_line(source, contract))
+                owner.append(i)
+        x, widths = pad_lines([line.x for line in again])
+        rereadings = self.read(x.to(device), widths, spans=True, lines=again, reread=False)
+        candidates: dict[int, list[tuple[NumberReading, NumberLine]]] = {i: [(readings[i], lines[i])] for i in unsure}
+        for i, reading, line in zip(owner, rereadings, again):
+            candidates[i].append((reading, line))
+        for i, options in candidates.items():
+            votes: dict[str, float] = {}
+            for reading, _ in options:
+                votes[reading.text] = votes.get(reading.text, 0.0) + reading.confidence
+            text = max(votes, key=votes.get)
+            best, line = max(((r, l) for r, l in options if r.text == text), key=lambda o: o[0].confidence)
+            if best is not readings[i]:
+                first = lines[i]
+                for d in best.digits:  # its line's pixels -> source pixels -> the first line's pixels
+                    d.span = tuple(first.pad + line.to_upload(v) * first.source_scale for v in d.span)
+            readings[i] = NumberReading(text, votes[text] / len(options), best.digits)
 
     def find_spans(self, x: torch.Tensor, lengths: torch.Tensor, readings: list[NumberReading]) -> None:
         ink = x[:, 0].float().sum(1).cpu().numpy()  # (B, W) ink per pixel column

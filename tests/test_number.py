@@ -267,3 +267,12 @@ def test_mnist_test_lines_through_the_upload_path_read_as_in_the_manifest():
     assert uploaded["number_accuracy"] >= direct["number_accuracy"] - 0.002  # 4 lines of 2,000
     assert uploaded["number_accuracy"] == pytest.approx(manifest.metrics["upload_pipeline_number_accuracy"], abs=0.001)
     assert uploaded["digit_accuracy"] >= 0.995
+
+
+@pytest.mark.parametrize("bad", [["--reread-below", "1.5"], ["--reread-below", "0"],
+                                 ["--reread-below", "0.9", "--reread-scales", "1.1", "-0.8"]])
+def test_reread_options_out_of_range_stop_before_anything_is_read(tmp_path, bad):
+    from training.number import main
+
+    with pytest.raises(SystemExit, match="reread"):
+        main(["--reevaluate", str(tmp_path / "missing.json"), *bad])

@@ -6,6 +6,8 @@ it to models/weights.
     python -m training.number --init models/weights/number_ctc.json --minutes 20 --out /tmp/more
     python -m training.number --limit 2000 --epochs 1 --steps 5 --out /tmp/smoke   # smoke run
     python -m training.number --reevaluate models/weights/number_ctc.json   # refresh the figures only
+    python -m training.number --reevaluate models/weights/number_ctc.json --val-lines 10000 \
+        --reread-below 0.9 --reread-scales 0.8 0.9 1.1 1.2   # read unsure lines again at other sizes
 
 Training lines come from MNIST training digits 0..53,999 (and drawn lines); validation lines
 from digits 54,000..59,999; the figures from 10,000 lines of MNIST *test* digits (seed 2026,
@@ -111,9 +113,42 @@ def number_metrics(model: NumberReader, test_x: torch.Tensor, test_y: torch.Tens
     return metrics
 
 
+def reread_config(args) -> dict | None:
+    """--reread-below/--reread-scales -> the config's `reread` (models/number.py), or None."""
+    if args.reread_below is None:
+        return None
+    if not 0 < args.reread_below <= 1 or not args.reread_scales or any(s <= 0 for s in args.reread_scales):
+        raise SystemExit("--reread-below takes a probability in (0, 1] and --reread-scales positive scales")
+    return {"below": args.reread_below, "scales": list(args.reread_scales)}
+
+
+def reread_figures(model: NumberReader, lines, texts: list[str], device) -> dict:
+    """The validation lines read with and without the config's `reread`, and the share of them
+    read again (their first reading's text less probable than `below`): how it was chosen."""
+    model.eval()
+    below = model.config.reread["below"]
+    once = []
+    for k in range(0, len(lines), 256):
+        chunk = lines[k:k + 256]
+        batch = collate(chunk, ["0"] * len(chunk))
+        once += model.read(batch.x.to(device), batch.widths, lines=chunk, reread=False)
+    again = score(read_lines(model, lines, device), texts)
+    return {"validation_lines": len(lines), "reread_share": round(sum(r.confidence < below for r in once) / len(once), 4),
+            "read_once": score([r.text for r in once], texts), "with_rereads": again}
+
+
 def reevaluate(json_path: Path, args) -> Path:
+    reread = reread_config(args)
     device = resolve_device(args.device)
     model, manifest = load_checkpoint(json_path, device)
+    if reread is not None:
+        model.config.reread = reread
+        manifest.architecture = model.config.to_dict()
+        train_x, train_y = load_mnist(args.data_root, train=True)
+        val_inks, val_texts = validation_lines(train_x[TRAIN_DIGITS:], train_y[TRAIN_DIGITS:], args.val_lines)
+        figures = reread_figures(model, [number_line(ink, CONTRACT) for ink in val_inks], val_texts, device)
+        print(f"validation lines: {figures}", flush=True)
+        manifest.metrics["reread"] = figures
     test_x, test_y = load_mnist(args.data_root, train=False)
     manifest.metrics.update(number_metrics(model, test_x, test_y, device))
     manifest.write(json_path)
@@ -129,6 +164,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--val-lines", type=int, default=2_000)
     parser.add_argument("--test-lines", type=int, default=10_000)
     parser.add_argument("--reevaluate", metavar="MANIFEST", help="no training: recompute an exported reader's figures")
+    parser.add_argument("--reread-below", type=float, metavar="P",
+                        help="read lines whose text is less probable than P again at other sizes (models/number.py)")
+    parser.add_argument("--reread-scales", type=float, nargs="+", default=[0.8, 0.9, 1.1, 1.2], metavar="S",
+                        help="those sizes, as scales of the line's ink height (default: 0.8 0.9 1.1 1.2)")
     add_common_args(parser, epochs=30, lr=2e-3, batch_size=64, weight_decay=1e-4, clip=5.0)
     args = parser.parse_args(argv)
     if args.threads:
@@ -147,6 +186,8 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         config = NumberReaderConfig()
         model = NumberReader(config).to(device)
+    if args.reread_below is not None:  # (an --init reader keeps its own otherwise)
+        config.reread = reread_config(args)
     train_x, train_y = load_mnist(args.data_root, train=True, limit=args.limit)
     test_x, test_y = load_mnist(args.data_root, train=False, limit=args.limit)
     split = min(TRAIN_DIGITS, int(len(train_x) * 0.9))

@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> Path:
     mix, table = fit_mix(glyph_logits(net, val_crops), val_reader, val_truth, val_line_of)
     net.config = replace(net.config, mix=mix)
     combined = reader.with_glyph(net)
+    # Rereading unsure lines was chosen on validation for the old glyph net: set it again for this
+    # one (training.number --reevaluate --reread-below); its figures are dropped below.
+    combined.config.reread = None
     # The file keeps float16 weights (half the size); read the figures with exactly those.
     combined.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                               for k, v in combined.state_dict().items()})
@@ -254,7 +257,8 @@ def main(argv: list[str] | None = None) -> Path:
         reader_metrics = manifest.metrics.get("reader_alone", reader_metrics)
     out = replace(manifest, architecture=combined.config.to_dict(), description=combined.describe(),
                   parameters=combined.num_parameters())
-    out.metrics = {**{k: v for k, v in manifest.metrics.items() if not k.startswith("final_")}, **metrics,
+    kept = {k: v for k, v in manifest.metrics.items() if not k.startswith("final_") and k != "reread"}
+    out.metrics = {**kept, **metrics,
                    "reader_alone": reader_metrics}
     out.training = {**{k: v for k, v in manifest.training.items() if k != "glyph"}, "glyph": glyph_info}
     json_path = export(combined, out, args.out, manifest.name, storage="float16")

@@ -35,7 +35,10 @@ class NumberPrediction(BaseModel):
     confidence: float = Field(..., description="probability of the whole `text`: the reader's CTC probability "
                                                "(summed over every alignment of its digits to the line's columns), "
                                                "each digit's own share replaced by its probability after the second "
-                                               "look at its span", examples=[0.995])
+                                               "look at its span. A line read less surely than the manifest's "
+                                               "`reread.below` is read again at other sizes: then the mean over its "
+                                               "readings of their probabilities, counting 0 for those that spell "
+                                               "another text", examples=[0.995])
     digits: list[NumberDigit]
     model: str = Field(..., description="the variant that answered", examples=["ctc"])
 
