@@ -373,6 +373,16 @@ def render_number() -> str:
                       f"reader read them{whole}, augmented with {varied}, for {minutes:.0f} min ({epochs} epochs). The reader alone: "
                       f"{alone['mnist_lines_number_accuracy']:.2%} whole, {alone['mnist_lines_digit_accuracy']:.2%} per "
                       "digit on the same test lines."]
+    reread = m["architecture"].get("reread")
+    if reread and "reread" in met:
+        f = met["reread"]
+        scales = ", ".join(f"{s:g}" for s in reread["scales"])
+        lines += ["", f"A line whose text comes out less probable than {reread['below']:g} ({f['reread_share']:.1%} of "
+                      f"{f['validation_lines']:,} validation lines) is read again, its ink scaled to {scales} times "
+                      "its size, and the texts vote, each counting its probability. On those validation lines: "
+                      f"{f['read_once']['number_accuracy']:.2%} whole / {f['read_once']['digit_accuracy']:.2%} per digit "
+                      f"read once, {f['with_rereads']['number_accuracy']:.2%} / {f['with_rereads']['digit_accuracy']:.2%} "
+                      "with the second readings."]
     if NUMBER_LATENCY.is_file():
         bench = json.loads(NUMBER_LATENCY.read_text())
         r = bench["routes"]
@@ -383,6 +393,10 @@ def render_number() -> str:
             lines.append(f"| `{r[name]['route']}` | {bench['uploads'][name]} | {r[name]['p50_ms']:.1f} | "
                          f"{r[name]['p95_ms']:.1f} |")
         lines += ["", f"A 4-digit number takes **{bench['p50_ratio']:.2f}x** the time of one digit (goal: within 2x)."]
+        if bench.get("reread_ms"):
+            r = bench["reread_ms"]
+            lines[-1] += (f" Read again as an unsure line, the same number's reader time goes from {r['once']:.1f} to "
+                          f"{r['again']:.1f} ms (in process), {r['unsure_p50_ratio']:.2f}x a digit.")
     return "\n".join(lines)
 
 

@@ -269,6 +269,82 @@ def test_mnist_test_lines_through_the_upload_path_read_as_in_the_manifest():
     assert uploaded["digit_accuracy"] >= 0.995
 
 
+# --- unsure lines read again at other sizes --------------------------------------------------
+
+def _shipped_reader():
+    from models.checkpoint import load_checkpoint
+
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "number_ctc.json")
+    assert model.config.reread == manifest.architecture["reread"] and model.config.reread["below"] < 1
+    return model
+
+
+def _read(model, lines, reread: bool = True):
+    x, widths = pad_lines([line.x for line in lines])
+    return model.read(x, widths, spans=True, lines=lines, reread=reread)
+
+
+def test_rereading_a_line_at_another_size_keeps_its_spans_in_the_first_lines_pixels():
+    """Every line read again (below 1.01) at 1.25x its size: each drawn number still reads right,
+    the winner is the more confident reading, and spans found in the bigger line come back in the
+    first line's pixels, where they match the first reading's own to a pixel or two."""
+    model = _shipped_reader()
+    model.config.reread = {"below": 1.01, "scales": [1.25]}
+    lines = [number_line(np.asarray(drawn_number(t, seed=len(t)).getchannel("A"), np.float32) / 255, CONTRACT)
+             for t in NUMBERS]
+    once, again = _read(model, lines, reread=False), _read(model, lines)
+    bigger = _read(model, [number_line(line.source.numpy(), dict(CONTRACT, ink_height=25, max_width=4096))
+                           for line in lines], reread=False)
+    for text, first, bigger_one, reading in zip(NUMBERS, once, bigger, again):
+        assert first.text == bigger_one.text == reading.text == text
+        # both readings agree: the vote is their probabilities' mean, the digits the surer one's
+        assert reading.confidence == pytest.approx((first.confidence + bigger_one.confidence) / 2)
+        sure = first if first.confidence >= bigger_one.confidence else bigger_one
+        assert [d.confidence for d in reading.digits] == [d.confidence for d in sure.digits]
+        for d, d0 in zip(reading.digits, first.digits):
+            assert abs(d.span[0] - d0.span[0]) <= 2 and abs(d.span[1] - d0.span[1]) <= 2, (text, d.span, d0.span)
+
+
+def test_lines_are_read_again_only_when_unsure_and_the_same_alone_or_in_a_batch():
+    """The shipped config: a confident reading is returned untouched; an unsure one (part of a
+    digit rubbed out) is read at the other sizes, which also read it in a batch exactly as alone."""
+    model = _shipped_reader()
+    below = model.config.reread["below"]
+    sure = number_line(np.asarray(drawn_number("2026", seed=4).getchannel("A"), np.float32) / 255, CONTRACT)
+    smudged = np.asarray(drawn_number("4517", seed=3).getchannel("A"), np.float32) / 255
+    smudged[:, int(smudged.shape[1] * 0.3):int(smudged.shape[1] * 0.45)] = 0  # part of the 5 rubbed out
+    unsure = number_line(smudged, CONTRACT)
+    first = _read(model, [sure, unsure], reread=False)
+    assert first[0].confidence >= below > first[1].confidence
+    both = _read(model, [sure, unsure])
+    assert (both[0].text, both[0].confidence) == (first[0].text, first[0].confidence)
+    assert both[1].confidence != first[1].confidence  # the vote's figure, not the first reading's
+    assert 0 < both[1].confidence <= 1 and len(both[1].digits) == len(both[1].text)
+    for alone, batched in zip([_read(model, [sure])[0], _read(model, [unsure])[0]], both):
+        assert (alone.text, [d.span for d in alone.digits]) == (batched.text, [d.span for d in batched.digits])
+        assert alone.confidence == pytest.approx(batched.confidence, rel=1e-5)  # padding: float rounding only
+
+
+def test_reading_unsure_lines_again_makes_fewer_mistakes_on_mnist_lines():
+    """On 1,500 validation lines (MNIST training digits 54,000+, which trained nothing), reading
+    the unsure ones again at the other sizes leaves fewer lines wrong, and touches no line whose
+    first reading was sure."""
+    from training.common import load_mnist
+    from training.number_data import validation_lines
+
+    x, y = load_mnist(str(require_mnist()), train=True)
+    inks, texts = validation_lines(x[54_000:], y[54_000:], 1_500)
+    model = _shipped_reader()
+    below = model.config.reread["below"]
+    lines = [number_line(ink, CONTRACT) for ink in inks]
+    once = [r for k in range(0, len(lines), 250) for r in _read(model, lines[k:k + 250], reread=False)]
+    again = [r for k in range(0, len(lines), 250) for r in _read(model, lines[k:k + 250])]
+    assert all(a.text == o.text for a, o in zip(again, once) if o.confidence >= below)
+    wrong_once = sum(r.text != t for r, t in zip(once, texts))
+    wrong_again = sum(r.text != t for r, t in zip(again, texts))
+    assert wrong_again < wrong_once, (wrong_again, wrong_once)
+
+
 @pytest.mark.parametrize("bad", [["--reread-below", "1.5"], ["--reread-below", "0"],
                                  ["--reread-below", "0.9", "--reread-scales", "1.1", "-0.8"]])
 def test_reread_options_out_of_range_stop_before_anything_is_read(tmp_path, bad):
