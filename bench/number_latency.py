@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 import numpy as np
 import torch
 from PIL import Image

@@ -154,8 +154,8 @@ class NumberReader(nn.Module):
 
     def reread_unsure(self, readings: list[NumberReading], lines: list[NumberLine], device: torch.device) -> None:
         """Each reading whose text's probability is under the config's `below`: its line is
-        composed again from its source ink at each of the `scales` (ink 16-24 px tall instead of
-        20: the reader and glyph net see other pixels of the same digits) and read again; the
+        composed again from its source ink at each of the `scales` (0.8-1.2 makes the ink 16-24 px
+        tall instead of 20: the reader and glyph net see other pixels of the same digits) and read again; the
         distinct texts are scored by the sum of their probabilities over the readings (the first
         one included) and the best wins. Its reading (digits, spans mapped back into the first
         line's pixels) is the most confident one that spells it; its confidence is that sum over
