@@ -28,7 +28,7 @@ from PIL import Image
 from models.captcha_common import edit_distance
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device
-from models.number import NumberReader, NumberReaderConfig
+from models.number import NumberReader, NumberReaderConfig, NumberReading
 from models.preprocess import number_line, prepare_number
 from training.common import add_common_args, load_mnist, seed_everything
 from training.export import build_manifest, export, training_section
@@ -42,18 +42,24 @@ AUGMENTATION = ("per digit: the digit trainer's (affine, stroke width, blur); pe
 
 
 @torch.inference_mode()
-def read_lines(model: NumberReader, lines, device, batch_size: int = 256) -> list[str]:
-    """NumberLines -> the reader's texts, in batches of lines of similar width."""
+def read_all(model: NumberReader, lines, device, batch_size: int = 256, reread: bool = True) -> list[NumberReading]:
+    """NumberLines -> the reader's readings, in batches of lines of similar width (`reread`: unsure
+    lines read again, as the config says)."""
     model.eval()
     order = sorted(range(len(lines)), key=lambda i: lines[i].width)
-    texts: list[str] = [""] * len(lines)
+    readings: list[NumberReading | None] = [None] * len(lines)
     for k in range(0, len(order), batch_size):
         chunk = order[k:k + batch_size]
         chunk_lines = [lines[i] for i in chunk]
         batch = collate(chunk_lines, ["0"] * len(chunk))
-        for i, reading in zip(chunk, model.read(batch.x.to(device), batch.widths, lines=chunk_lines)):
-            texts[i] = reading.text
-    return texts
+        for i, reading in zip(chunk, model.read(batch.x.to(device), batch.widths, lines=chunk_lines, reread=reread)):
+            readings[i] = reading
+    return readings
+
+
+def read_lines(model: NumberReader, lines, device, batch_size: int = 256) -> list[str]:
+    """NumberLines -> the reader's texts, as served."""
+    return [r.text for r in read_all(model, lines, device, batch_size)]
 
 
 def score(predicted: list[str], truth: list[str]) -> dict:
@@ -125,13 +131,8 @@ def reread_config(args) -> dict | None:
 def reread_figures(model: NumberReader, lines, texts: list[str], device) -> dict:
     """The validation lines read with and without the config's `reread`, and the share of them
     read again (their first reading's text less probable than `below`): how it was chosen."""
-    model.eval()
     below = model.config.reread["below"]
-    once = []
-    for k in range(0, len(lines), 256):
-        chunk = lines[k:k + 256]
-        batch = collate(chunk, ["0"] * len(chunk))
-        once += model.read(batch.x.to(device), batch.widths, lines=chunk, reread=False)
+    once = read_all(model, lines, device, reread=False)
     again = score(read_lines(model, lines, device), texts)
     return {"validation_lines": len(lines), "reread_share": round(sum(r.confidence < below for r in once) / len(once), 4),
             "read_once": score([r.text for r in once], texts), "with_rereads": again}
