@@ -323,6 +323,7 @@ def render_load_full() -> str:
 
 
 NUMBER_LATENCY = ROOT / "bench" / "results" / "number_latency.json"
+NUMBER_ERRORS = ROOT / "bench" / "results" / "number_errors.json"
 NUMBER_GOALS = {"whole": 0.98, "digit": 0.996, "drawn": 0.97, "latency_ratio": 2.0}  # issue #15
 
 
@@ -383,6 +384,18 @@ def render_number() -> str:
                       f"{f['read_once']['number_accuracy']:.2%} whole / {f['read_once']['digit_accuracy']:.2%} per digit "
                       f"read once, {f['with_rereads']['number_accuracy']:.2%} / {f['with_rereads']['digit_accuracy']:.2%} "
                       "with the second readings."]
+    if NUMBER_ERRORS.is_file():
+        e = json.loads(NUMBER_ERRORS.read_text())
+        once = e["read_once_right_length"]
+        lines += ["", f"Where the errors left come from (`bench/number_errors.py`, {e['lines']:,} validation lines, "
+                      f"{e['digit_errors']} digit errors in {e['wrong_lines']} wrong lines): "
+                      f"{e['misread_alone']} of the {e['validation_digits']:,} validation digits are misread by the glyph "
+                      f"net even alone (odd or mislabelled MNIST digits), and {e['wrong_lines_holding_a_digit_misread_alone']} "
+                      f"wrong lines ({e['digit_errors_in_those_lines']} digit errors) hold one of them; "
+                      f"{e['wrong_length_lines']} lines are read at the wrong length. Of the digits of lines read once at "
+                      f"the right length, {once['wrong']} are wrong: {once['misread_alone']} misread alone, "
+                      f"{once['reader_wrong_glyph_right']} where the reader outvoted a right glyph net, "
+                      f"{once['glyph_wrong_reader_right']} the other way round, {once['both_wrong']} both wrong."]
     if NUMBER_LATENCY.is_file():
         bench = json.loads(NUMBER_LATENCY.read_text())
         r = bench["routes"]

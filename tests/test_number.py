@@ -352,3 +352,35 @@ def test_reread_options_out_of_range_stop_before_anything_is_read(tmp_path, bad)
 
     with pytest.raises(SystemExit, match="reread"):
         main(["--reevaluate", str(tmp_path / "missing.json"), *bad])
+
+
+def test_the_error_breakdown_adds_up_and_blames_a_mislabelled_digit_on_the_digit():
+    """bench/number_errors.py on 300 validation lines: its counts add up, and a digit whose label
+    is made wrong is counted as misread alone, with the lines holding it."""
+    from bench.number_errors import error_sources
+    from training.common import load_mnist
+    from training.number_data import validation_lines
+
+    x, y = load_mnist(str(require_mnist()), train=True)
+    x, y = x[54_000:], y[54_000:]
+    inks, texts, ids = validation_lines(x, y, 300, with_ids=True)
+    assert texts == validation_lines(x, y, 300)[1]
+    assert all("".join(str(int(y[i])) for i in line_ids) == t for line_ids, t in zip(ids, texts))
+    model = _shipped_reader()
+    base = error_sources(model, x, y, 300)
+    once = base["read_once_right_length"]
+    assert once["wrong"] == once["misread_alone"] + once["glyph_wrong_reader_right"] + once["reader_wrong_glyph_right"] \
+        + once["both_wrong"]
+    assert base["digits"] == sum(map(len, texts)) and base["digit_errors"] >= base["wrong_lines"]
+    assert base["wrong_lines_holding_a_digit_misread_alone"] <= base["wrong_lines"] >= base["wrong_length_lines"]
+    # Label the first line's first digit as another digit: the glyph net (which reads it right,
+    # or the count would not grow) now "misreads it alone", and the lines holding it go wrong.
+    j = ids[0][0]
+    mislabelled = y.clone()
+    mislabelled[j] = (y[j] + 5) % 10
+    flipped = error_sources(model, x, mislabelled, 300)
+    holding_j = sum(j in line_ids for line_ids in ids)
+    assert flipped["misread_alone"] == base["misread_alone"] + 1
+    grew = flipped["wrong_lines_holding_a_digit_misread_alone"] - base["wrong_lines_holding_a_digit_misread_alone"]
+    assert 1 <= grew <= holding_j
+    assert flipped["read_once_right_length"]["misread_alone"] > once["misread_alone"]

@@ -98,9 +98,10 @@ def collate(lines: list[NumberLine], texts: list[str]) -> LineBatch:
 
 
 def mnist_lines(images: torch.Tensor, labels: torch.Tensor, lengths: list[int], rng: random.Random,
-                gen: torch.Generator | None = None) -> tuple[list[np.ndarray], list[str]]:
+                gen: torch.Generator | None = None, with_ids: bool = False):
     """One line per entry of `lengths`, from random digits of (images (N, 28, 28), labels (N,));
-    with `gen`, the digits are augmented first (as the digit trainer does)."""
+    with `gen`, the digits are augmented first (as the digit trainer does) -> (inks, texts), and
+    with `with_ids` each line's image indices too (which digits it holds, left to right)."""
     idx = torch.tensor([rng.randrange(len(images)) for _ in range(sum(lengths))])
     digits = images[idx]
     if gen is not None:
@@ -111,6 +112,8 @@ def mnist_lines(images: torch.Tensor, labels: torch.Tensor, lengths: list[int], 
         inks.append(compose(digits[k:k + n], rng))
         texts.append("".join(str(d) for d in chosen[k:k + n]))
         k += n
+    if with_ids:
+        return inks, texts, [ids.tolist() for ids in torch.split(idx, lengths)]
     return inks, texts
 
 
@@ -128,10 +131,12 @@ def test_lines(images: torch.Tensor, labels: torch.Tensor, count: int = 10_000, 
     return mnist_lines(images, labels, lengths, rng)
 
 
-def validation_lines(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[list[np.ndarray], list[str]]:
+def validation_lines(images: torch.Tensor, labels: torch.Tensor, count: int, with_ids: bool = False):
     """The reader's validation lines: `count` lines of 1-8 digits from these images (MNIST
-    training digits 54,000-59,999), composed without augmentation, always the same."""
-    return mnist_lines(images, labels, [random.Random(k).randint(1, 8) for k in range(count)], random.Random(12345))
+    training digits 54,000-59,999), composed without augmentation, always the same -> (inks,
+    texts), and with `with_ids` the indices of each line's digits among `images`."""
+    return mnist_lines(images, labels, [random.Random(k).randint(1, 8) for k in range(count)], random.Random(12345),
+                       with_ids=with_ids)
 
 
 def canvas_test_numbers(count: int = 500, seed: int = CANVAS_TEST_SEED, max_len: int = 8):
