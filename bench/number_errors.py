@@ -42,9 +42,9 @@ def error_sources(model: NumberReader, images: torch.Tensor, labels: torch.Tenso
 
     # Read once: each digit of a line read at its true length, glyph net and reader apart.
     crops, truth, reader_probs, line_of, _ = digit_evidence(model.without_glyph(), inks, texts, model.glyph.config.crops)
-    glyph = glyph_logits(model.glyph, crops).argmax(-1)
+    glyph_scores = glyph_logits(model.glyph, crops)  # (D, 10)
     reader = reader_probs[:, 1:] / reader_probs[:, 1:].sum(-1, keepdim=True)  # (D, 10) without the blank
-    mixed = mix_digits(glyph_logits(model.glyph, crops), reader, model.glyph.config.mix).argmax(-1)
+    glyph, mixed = glyph_scores.argmax(-1), mix_digits(glyph_scores, reader, model.glyph.config.mix).argmax(-1)
     place = Counter()  # a line's digits come together, left to right
     digit_ids = []
     for line in line_of.tolist():
