@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -45,11 +44,8 @@ def error_sources(model: NumberReader, images: torch.Tensor, labels: torch.Tenso
     glyph_scores = glyph_logits(model.glyph, crops)  # (D, 10)
     reader = reader_probs[:, 1:] / reader_probs[:, 1:].sum(-1, keepdim=True)  # (D, 10) without the blank
     glyph, mixed = glyph_scores.argmax(-1), mix_digits(glyph_scores, reader, model.glyph.config.mix).argmax(-1)
-    place = Counter()  # a line's digits come together, left to right
-    digit_ids = []
-    for line in line_of.tolist():
-        digit_ids.append(ids[line][place[line]])
-        place[line] += 1
+    # Each kept line's digits come together, left to right: their image indices in that order.
+    digit_ids = [i for line in line_of.unique_consecutive().tolist() for i in ids[line]]
     alone = torch.tensor([misread_alone[i] for i in digit_ids], dtype=torch.bool)
     bad, glyph_ok, reader_ok = mixed != truth, glyph == truth, reader.argmax(-1) == truth
     return {
