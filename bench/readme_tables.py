@@ -126,11 +126,16 @@ def _lengths_note(variant: str, manifest: dict, chunk: dict) -> str:
     weights = chunk.get("length_weights") or {}
     share = ", ".join(f"{n}: {w:.0%}" for n, w in weights.items())
     end = (f", with an end token ({arch['length'] + 1} decoder steps, 37 classes)" if chunk.get("end_token") else "")
+    chunks = [*chunk.get("earlier_chunks", []), chunk]
+    runs = ("" if len(chunks) == 1 else f" in {len(chunks)} runs, each from the last one's weights (peak lr "
+            + ", ".join(f"{c['lr']:g}" for c in chunks) + ")")
+    own_glyph = (manifest["training"].get("o0") or {}).get("data", {}).get("train", {}).get("lengths")
+    glyph = "then given a glyph net of its own (above)" if own_glyph else "its o/0 glyph net left as it was"
     return (f"Then `{variant}` learned every length (`training/captcha_lengths.py`): from the weights above, its input "
             f"widened to {arch['width']}x{arch['height']} ({arch['width'] // 4} columns){end}, trained on fresh captchas "
-            f"of 1-8 characters from the same generator ({share}), its o/0 glyph net left as it was: "
-            f"{chunk['samples_seen']:,} samples in {chunk['seconds'] / 60:.0f} min on one thread, "
-            f"{chunk['optimizer']}, {chunk.get('precision', 'fp32')}.")
+            f"of 1-8 characters from the same generator ({share}), {glyph}: "
+            f"{sum(c['samples_seen'] for c in chunks):,} samples in {sum(c['seconds'] for c in chunks) / 60:.0f} min on "
+            f"one thread{runs}, {chunk['optimizer']}, {chunk.get('precision', 'fp32')}.")
 
 
 def render_captcha() -> str:

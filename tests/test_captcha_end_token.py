@@ -13,7 +13,7 @@ from models.captcha_common import CHARSET, NUM_CHARS, parse_constraints
 from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
 from models.captcha_seq2seq import END, CaptchaSeq2Seq, CaptchaSeq2SeqConfig, read_seq2seq
 from models.manifest import Manifest
-from training.captcha_lengths import seq2seq_loss, widen, with_end_token
+from training.captcha_lengths import record_chunk, seq2seq_loss, widen, with_end_token
 
 TINY = dict(channels=[4, 8, 8, 8], encoder_hidden=16, decoder_hidden=24, attention_size=16)
 
@@ -148,3 +148,15 @@ def test_a_batch_item_the_reader_cannot_answer_gets_its_own_error():
         alone = captcha_batch(entry, [items[i]])[0]
         assert together[i].text == alone.text and together[i].confidence == pytest.approx(alone.confidence, rel=1e-5)
     assert set(together[2].text) <= set("0123456789")
+
+
+def test_a_resumed_lengths_run_keeps_its_earlier_chunks_and_counts_each_once():
+    training = {"samples_seen": 1000, "seconds": 50.0}  # the reader before it learned every length
+    record_chunk(training, {"samples_seen": 300, "seconds": 20.0, "lr": 1e-3})
+    assert training["lengths"] == {"samples_seen": 300, "seconds": 20.0, "lr": 1e-3}
+    record_chunk(training, {"samples_seen": 700, "seconds": 60.0, "lr": 5e-4})  # --init from the first run
+    record_chunk(training, {"samples_seen": 100, "seconds": 5.0, "lr": 1e-4})
+    assert training["samples_seen"] == 2100 and training["seconds"] == 135.0
+    assert training["lengths"]["lr"] == 1e-4
+    assert [c["lr"] for c in training["lengths"]["earlier_chunks"]] == [1e-3, 5e-4]
+    assert all("earlier_chunks" not in c for c in training["lengths"]["earlier_chunks"])

@@ -233,16 +233,26 @@ def finish(model, manifest, chunk: dict, sets, device, out: Path) -> Path:
     if model.o0 is not None:
         manifest.metrics["reader_alone"] = {k: v for k, v in length_metrics(model, sets, device, alone=True).items()
                                             if not k.startswith("test_s")}
-    training = manifest.training
-    training["lengths"] = chunk
-    training["samples_seen"] = training.get("samples_seen", 0) + chunk["samples_seen"]
-    training["seconds"] = round(training.get("seconds", 0) + chunk["seconds"], 1)
+    record_chunk(manifest.training, chunk)
     manifest.length = None
     if "reads 1-8 characters" not in (manifest.description or "") and "end token" not in (manifest.description or ""):
         manifest.description = (manifest.description or "") + "; reads 1-8 characters"
     json_path = export(model, manifest, out, manifest.name)
     print(f"wrote {json_path}", flush=True)
     return json_path
+
+
+def record_chunk(training: dict, chunk: dict) -> None:
+    """This chunk under `training["lengths"]`. A reader --init'ed from an earlier chunk keeps it (and
+    its own earlier ones) in `earlier_chunks`, oldest first; the totals add this chunk only, as the
+    earlier ones are counted in them already."""
+    earlier = training.get("lengths")
+    if isinstance(earlier, dict) and "samples_seen" in earlier:
+        before = list(earlier.get("earlier_chunks", []))
+        chunk = {**chunk, "earlier_chunks": before + [{k: v for k, v in earlier.items() if k != "earlier_chunks"}]}
+    training["lengths"] = chunk
+    training["samples_seen"] = training.get("samples_seen", 0) + chunk["samples_seen"]
+    training["seconds"] = round(training.get("seconds", 0) + chunk["seconds"], 1)
 
 
 def merge(run_json: Path, init: Path, out: Path, device) -> Path:
@@ -264,6 +274,9 @@ def merge(run_json: Path, init: Path, out: Path, device) -> Path:
         setattr(manifest, key, getattr(run_manifest, key))
     if run_manifest.training.get("o0") != manifest.training.get("o0"):  # a glyph net trained for the run's reader
         manifest.training["o0"] = run_manifest.training["o0"]
+    for earlier in chunk.get("earlier_chunks", []):  # --init's totals never counted the run's earlier chunks
+        manifest.training["samples_seen"] = manifest.training.get("samples_seen", 0) + earlier["samples_seen"]
+        manifest.training["seconds"] = round(manifest.training.get("seconds", 0) + earlier["seconds"], 1)
     return finish(model, manifest, chunk, eval_sets(manifest.input), device, out)
 
 
