@@ -292,20 +292,36 @@ def test_length_on_five_and_six_character_captchas(client):
         assert all(len(c["weights"]) == 160 for c in body["characters"])
 
 
-def test_seq2seq_takes_only_its_own_length(client):
+def test_a_fixed_length_reader_takes_only_its_own_length(tmp_path):
+    """A seq2seq reader without an end token (what `training.captcha --variant seq2seq` trains on
+    4-character labels) writes exactly its length: the route refuses other lengths with a 422 that
+    says what to do and reads its own (a micro-batch with a refused item: test_captcha_end_token)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+    from training.export import export
+
+    torch.manual_seed(0)
+    fixed = CaptchaSeq2Seq(CaptchaSeq2SeqConfig(encoder_hidden=16, decoder_hidden=24, attention_size=16, **TINY))
+    export(fixed, {"task": "captcha", "variant": "seq2seq", "architecture": fixed.config.to_dict(), "length": 4,
+                   "charset": CHARSET, "case_insensitive": True,
+                   "input": {"height": 32, "width": 96, "channels": 1}}, tmp_path, "captcha_fixed4")
     image = CaptchaGenerator(34).image("m4Tq")
-    ok = post(client, image, model="seq2seq", length=4)
-    assert ok.status_code == 200 and ok.json()["text"] == "m4tq"
-    bad = post(client, image, model="seq2seq", length=5)
-    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
-    assert "exactly 4" in bad.json()["error"]["message"] and "model=ctc" in bad.json()["error"]["message"]
-    assert post(client, image, model="ctc", length=4).json()["text"] == "m4tq"
+    with TestClient(create_app(Settings(models_dir=tmp_path, device="cpu", models_watch_s=0))) as client:
+        ok = post(client, image, model="fixed4", length=4)
+        assert ok.status_code == 200 and ok.json()["model"] == "fixed4" and len(ok.json()["text"]) == 4
+        assert ok.json()["text"] == post(client, image, model="fixed4").json()["text"]  # its length is no constraint
+        for length in (3, 5):
+            bad = post(client, image, model="fixed4", length=length)
+            assert bad.status_code == 422 and set(bad.json()) == {"error"}, bad.text
+            assert bad.json()["error"]["code"] == "invalid_request"
+            assert "exactly 4" in bad.json()["error"]["message"] and "model=ctc" in bad.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("params,says", [
     ({"length": 0}, "length"), ({"length": 9}, "length"), ({"length": "four"}, "length"),
     ({"charset": ""}, "0-9a-zA-Z"), ({"charset": "ab!"}, "0-9a-zA-Z"), ({"charset": "ab!", "model": "seq2seq"}, "'!'"),
-    ({"model": "seq2seq", "length": 3}, "exactly 4"),
 ])
 def test_bad_constraints_get_422_invalid_request(client, params, says):
     r = post(client, Image.new("RGB", (160, 60), "white"), **params)
