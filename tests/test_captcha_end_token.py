@@ -13,7 +13,7 @@ from models.captcha_common import CHARSET, NUM_CHARS, parse_constraints
 from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
 from models.captcha_seq2seq import END, CaptchaSeq2Seq, CaptchaSeq2SeqConfig, read_seq2seq
 from models.manifest import Manifest
-from training.captcha_lengths import record_chunk, seq2seq_loss, widen, with_end_token
+from training.captcha_lengths import merge, record_chunk, seq2seq_loss, widen, with_end_token
 
 TINY = dict(channels=[4, 8, 8, 8], encoder_hidden=16, decoder_hidden=24, attention_size=16)
 
@@ -160,3 +160,17 @@ def test_a_resumed_lengths_run_keeps_its_earlier_chunks_and_counts_each_once():
     assert training["lengths"]["lr"] == 1e-4
     assert [c["lr"] for c in training["lengths"]["earlier_chunks"]] == [1e-3, 5e-4]
     assert all("earlier_chunks" not in c for c in training["lengths"]["earlier_chunks"])
+
+
+def test_merge_refuses_an_init_that_learned_every_length_already(tmp_path):
+    from training.export import export
+
+    tiny = CaptchaCTC(CaptchaCTCConfig(channels=[4, 8, 8, 8], hidden_size=8))
+    chunk = {"samples_seen": 10, "seconds": 1.0}
+    for name in ("captcha_run", "captcha_init"):
+        export(tiny, {"task": "captcha", "variant": "ctc", "architecture": tiny.config.to_dict(),
+                      "input": {"height": 32, "width": 96, "channels": 1}, "training": {"lengths": chunk}},
+               tmp_path, name)
+    with pytest.raises(SystemExit, match="learned every length already"):
+        merge(tmp_path / "captcha_run.json", tmp_path / "captcha_init.json", tmp_path / "out", torch.device("cpu"))
+    assert not (tmp_path / "out").exists()

@@ -259,6 +259,8 @@ def merge(run_json: Path, init: Path, out: Path, device) -> Path:
     """A finished run's weights and chunk onto --init's manifest (for runs written before `finish`)."""
     model, run_manifest = load_checkpoint(run_json, device)
     _, manifest = load_checkpoint(init, device)
+    if "samples_seen" in (manifest.training.get("lengths") or {}):  # its chunks would count twice
+        raise SystemExit(f"{init} has learned every length already: --init must be the manifest the run began from")
     t = run_manifest.training
     chunk = t["lengths"] if "samples_seen" in t.get("lengths", {}) else {
         k: v for k, v in t.items() if k not in ("chunks", "init")}
