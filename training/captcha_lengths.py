@@ -248,9 +248,13 @@ def record_chunk(training: dict, chunk: dict) -> None:
     earlier ones are counted in them already."""
     earlier = training.get("lengths")
     if isinstance(earlier, dict) and "samples_seen" in earlier:
-        before = list(earlier.get("earlier_chunks", []))
-        chunk = {**chunk, "earlier_chunks": before + [{k: v for k, v in earlier.items() if k != "earlier_chunks"}]}
+        own = {k: v for k, v in earlier.items() if k != "earlier_chunks"}
+        chunk = {**chunk, "earlier_chunks": [*earlier.get("earlier_chunks", []), own]}
     training["lengths"] = chunk
+    add_to_totals(training, chunk)
+
+
+def add_to_totals(training: dict, chunk: dict) -> None:
     training["samples_seen"] = training.get("samples_seen", 0) + chunk["samples_seen"]
     training["seconds"] = round(training.get("seconds", 0) + chunk["seconds"], 1)
 
@@ -277,8 +281,7 @@ def merge(run_json: Path, init: Path, out: Path, device) -> Path:
     if run_manifest.training.get("o0") != manifest.training.get("o0"):  # a glyph net trained for the run's reader
         manifest.training["o0"] = run_manifest.training["o0"]
     for earlier in chunk.get("earlier_chunks", []):  # --init's totals never counted the run's earlier chunks
-        manifest.training["samples_seen"] = manifest.training.get("samples_seen", 0) + earlier["samples_seen"]
-        manifest.training["seconds"] = round(manifest.training.get("seconds", 0) + earlier["seconds"], 1)
+        add_to_totals(manifest.training, earlier)
     return finish(model, manifest, chunk, eval_sets(manifest.input), device, out)
 
 
