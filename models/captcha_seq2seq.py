@@ -19,12 +19,13 @@ can only end). Without it, the reference design: exactly `length` characters.
 Constrained decoding (`read(..., constraints=...)`): the characters a charset leaves out get
 -inf logits at every step of every shifted view, before the views are averaged (so each view
 is renormalised over the allowed ones). `length=N` on an end-token reader: steps before N may not
-end and step N must (masked the same way); a fixed-length reader honours only its own length.
+end and step N must (masked the same way); with a charset and no length, N is the length it reads
+without the charset. A fixed-length reader honours only its own length.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -220,6 +221,22 @@ class CaptchaSeq2Seq(nn.Module):
                              "characters (a fixed number of decoder steps, no end token yet); use model=ctc "
                              "for another length")
 
+    def lengths_read_freely(self, x: torch.Tensor, items: list[Constraints | None]) -> list[Constraints | None]:
+        """An end-token reader given a charset but no length writes as many characters as it reads
+        without the charset: the number of characters in the image does not depend on which ones
+        the caller allows. (Masked first, the end token wins wherever no allowed character is
+        likely, e.g. an empty answer to charset=digits on a captcha of letters.)"""
+        pending = [i for i, c in enumerate(items) if c is not None and c.allowed is not None and c.length is None]
+        if not self.config.end_token or not pending:
+            return items
+        free = self.log_probs(x[pending], allowed=self.step_mask([None] * len(pending), x.device))  # (P, S, C)
+        ends = (free.argmax(-1) == END).int().argmax(-1)  # (P,): the first step that ends (the last one always does)
+        items = list(items)
+        for i, length in zip(pending, ends.tolist()):
+            if length > 0:  # an empty free reading stays empty
+                items[i] = replace(items[i], length=length)
+        return items
+
     @torch.inference_mode()
     def read(self, x: torch.Tensor, full: torch.Tensor | None = None, explain: bool = False,
              constraints: Constraints | Sequence[Constraints | None] | None = None) -> list[CaptchaReading]:
@@ -232,6 +249,7 @@ class CaptchaSeq2Seq(nn.Module):
         items = constraints_per_item(constraints, x.shape[0])
         for c in items:
             self.check_constraints(c)
+        items = self.lengths_read_freely(x, items)
         allowed = self.step_mask(items, x.device)  # (B, S, C) or None
         if not explain and (self.o0 is None or full is None):
             return read_seq2seq(self.log_probs(x, allowed=allowed), allowed=allowed)

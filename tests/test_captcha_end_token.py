@@ -74,6 +74,23 @@ def test_length_and_charset_masks_make_the_reader_write_exactly_that():
         end_token_reader(length=5).check_constraints(parse_constraints(length=6))
 
 
+def test_a_charset_alone_keeps_the_length_the_reader_reads(monkeypatch):
+    """A captcha of 4 letters read with charset=digits: 4 digits (the best it can do), not an empty
+    answer because the end token outscored every digit at the first step."""
+    model = end_token_reader()
+    logits = step_logits([CHARSET.index(c) for c in "k7pk"])  # (1, 9, 37)
+    logits[0, :4, END] = 3.0  # the end is the runner-up at each character step, above every digit but 7
+    monkeypatch.setattr(model, "emit", lambda enc, return_attention=False:
+                        (logits.expand(len(enc), -1, -1), torch.full((len(enc), 9, 24), 1 / 24)))
+    x = torch.randn(2, 1, 32, 96)
+    assert [r.text for r in model.read(x)] == ["k7pk", "k7pk"]
+    digits, free, explicit = model.read(x[:1].expand(3, -1, -1, -1), constraints=[
+        parse_constraints(charset="digits"), None, parse_constraints(charset="digits", length=2)])
+    assert len(digits.text) == 4 and digits.text[1] == "7" and digits.text.isdigit()
+    assert free.text == "k7pk" and len(explicit.text) == 2  # other items and an explicit length: as asked
+    assert model.read(x, constraints=parse_constraints(charset="kp7"))[0].text == "k7pk"
+
+
 def test_fixed_length_readers_still_take_only_their_own_length():
     fixed = CaptchaSeq2Seq(CaptchaSeq2SeqConfig(**TINY)).eval()
     fixed.check_constraints(parse_constraints(length=4))
