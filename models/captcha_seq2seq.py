@@ -172,22 +172,34 @@ class CaptchaSeq2Seq(nn.Module):
         `return_attention` also the attention (B, S, T) on the unshifted image. `allowed`
         (B, C) or (B, S, C) bool (see `step_mask`): the other classes get -inf logits on every
         view, before the views are averaged (each view renormalised over the allowed ones)."""
+        logits, attention = self.view_logits(x)
+        lp = self.average_views(logits, x.shape[0], allowed)
+        return (lp, self.plain_attention(x, attention)) if return_attention else lp
+
+    def view_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, 1, H, W) -> logits (V*B, S, C) and attention (V*B, S, T) of the V shifted views
+        (V = 1, the image as is, without `test_time_shifts`): the one forward pass a reading needs."""
         shifts = self.config.test_time_shifts
+        return self(shifted_views(x, shifts) if shifts else x, return_attention=True)
+
+    @staticmethod
+    def average_views(logits: torch.Tensor, batch: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """`view_logits`' (V*B, S, C) -> (B, S, C) log-probabilities: each view masked by `allowed`
+        and renormalised, then the views' mean renormalised."""
+        views = len(logits) // batch
+        repeat = None if allowed is None else allowed.repeat(views, *[1] * (allowed.dim() - 1))
+        lp = mask_logits(logits.float(), repeat).log_softmax(-1)
+        return lp if views == 1 else lp.view(views, batch, *lp.shape[1:]).mean(0).log_softmax(-1)
+
+    def plain_attention(self, x: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor | None:
+        """`view_logits`' attention (V*B, S, T) -> the unshifted image's (B, S, T)."""
+        shifts = [[int(dx), int(dy)] for dx, dy in self.config.test_time_shifts]
         if not shifts:
-            logits, attention = self(x, return_attention=True)
-            lp = mask_logits(logits.float(), allowed).log_softmax(-1)
-            return (lp, attention) if return_attention else lp
-        logits, attention = self(shifted_views(x, shifts), return_attention=True)  # (V*B, S, C), (V*B, S, T)
-        repeat = None if allowed is None else allowed.repeat(len(shifts), *[1] * (allowed.dim() - 1))
-        views = mask_logits(logits.float(), repeat).log_softmax(-1)
-        lp = views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
-        if not return_attention:
-            return lp
-        as_ints = [[int(dx), int(dy)] for dx, dy in shifts]
-        if [0, 0] not in as_ints:  # no unshifted view among the shifts: look at the image as is once more
-            return lp, self(x, return_attention=True)[1]
-        b, plain = x.shape[0], as_ints.index([0, 0])
-        return lp, attention[plain * b:(plain + 1) * b]
+            return attention
+        if [0, 0] not in shifts:  # no unshifted view among the shifts: look at the image as is once more
+            return self(x, return_attention=True)[1]
+        b, plain = x.shape[0], shifts.index([0, 0])
+        return attention[plain * b:(plain + 1) * b]
 
     @torch.inference_mode()
     def refine_o0(self, log_probs: torch.Tensor, attention: torch.Tensor, full: torch.Tensor,
@@ -221,20 +233,22 @@ class CaptchaSeq2Seq(nn.Module):
                              "characters (a fixed number of decoder steps, no end token yet); use model=ctc "
                              "for another length")
 
-    def lengths_read_freely(self, x: torch.Tensor, items: list[Constraints | None]) -> list[Constraints | None]:
-        """An end-token reader given a charset but no length writes as many characters as it reads
-        without the charset: the number of characters in the image does not depend on which ones
-        the caller allows. (Masked first, the end token wins wherever no allowed character is
-        likely, e.g. an empty answer to charset=digits on a captcha of letters.)"""
+    def lengths_read_freely(self, logits: torch.Tensor, items: list[Constraints | None]) -> list[Constraints | None]:
+        """`items` with a length wherever an end-token reader is given a charset but no length: the
+        length it reads without the charset, from `view_logits`' logits (V*B, S, C) (the number of
+        characters in the image does not depend on which ones the caller allows; masked first, the
+        end token wins wherever no allowed character is likely: an empty answer to charset=digits
+        on a captcha of letters)."""
         pending = [i for i, c in enumerate(items) if c is not None and c.allowed is not None and c.length is None]
         if not self.config.end_token or not pending:
             return items
-        free = self.log_probs(x[pending], allowed=self.step_mask([None] * len(pending), x.device))  # (P, S, C)
-        ends = (free.argmax(-1) == END).int().argmax(-1)  # (P,): the first step that ends (the last one always does)
+        b = len(items)
+        free = self.average_views(logits, b, self.step_mask([None] * b, logits.device))  # (B, S, C), same logits
+        ends = (free.argmax(-1) == END).int().argmax(-1)  # (B,): the first step that ends (the last one always does)
         items = list(items)
-        for i, length in zip(pending, ends.tolist()):
-            if length > 0:  # an empty free reading stays empty
-                items[i] = replace(items[i], length=length)
+        for i in pending:
+            if ends[i] > 0:  # an empty free reading stays empty
+                items[i] = replace(items[i], length=int(ends[i]))
         return items
 
     @torch.inference_mode()
@@ -249,11 +263,13 @@ class CaptchaSeq2Seq(nn.Module):
         items = constraints_per_item(constraints, x.shape[0])
         for c in items:
             self.check_constraints(c)
-        items = self.lengths_read_freely(x, items)
+        logits, attention = self.view_logits(x)  # (V*B, S, C), (V*B, S, T)
+        items = self.lengths_read_freely(logits, items)
         allowed = self.step_mask(items, x.device)  # (B, S, C) or None
+        lp = self.average_views(logits, x.shape[0], allowed)
         if not explain and (self.o0 is None or full is None):
-            return read_seq2seq(self.log_probs(x, allowed=allowed), allowed=allowed)
-        lp, attention = self.log_probs(x, return_attention=True, allowed=allowed)
+            return read_seq2seq(lp, allowed=allowed)
+        attention = self.plain_attention(x, attention)
         if self.o0 is not None and full is not None:
             both = None if allowed is None else allowed[:, 0, INDEX_O] & allowed[:, 0, INDEX_ZERO]
             lp = self.refine_o0(lp, attention, full.to(x.device), allow=both)
