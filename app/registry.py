@@ -128,8 +128,8 @@ class ModelRegistry:
         variants = self.variants(task)
         if not variants:
             return None
-        # The catalog names the manifest metric that ranks a task's variants (higher is better).
-        return max(variants, key=lambda v: variants[v].manifest.metrics.get(variants[v].spec.ranking_metric, 0.0))
+        # The catalog names the manifest metrics that rank a task's variants (higher is better).
+        return max(variants, key=lambda v: variants[v].spec.ranking_score(variants[v].manifest.metrics))
 
     def pick(self, task: str, variant: str | None) -> LoadedModel:
         variants = self.variants(task)

@@ -128,3 +128,36 @@ def test_a_finetuned_reader_is_served_without_a_restart_and_answers_as_in_traini
         assert client.get("/readyz").json() == {"status": "ready", "models": {"captcha": ["ctc"]}, "errors": {}}
         resp = client.post("/predict/captcha?model=five", files={"file": (path.name, path.read_bytes(), "image/png")})
         assert resp.status_code == 422 and resp.json()["error"]["code"] == "unknown_model"
+
+
+def test_a_reader_of_your_own_captchas_never_becomes_the_default(tmp_path):
+    """Its figures are measured on your held-out captchas, not the seed generator's: however high
+    they are, a plain /predict/captcha keeps a reader of the seed's captchas of any length."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for variant in ("ctc", "seq2seq", "mine"):
+        source = "ctc" if variant == "mine" else variant
+        (models / f"captcha_{variant}.safetensors").symlink_to(WEIGHTS_DIR / f"captcha_{source}.safetensors")
+    for variant in ("ctc", "seq2seq"):
+        (models / f"captcha_{variant}.json").symlink_to(WEIGHTS_DIR / f"captcha_{variant}.json")
+    # As `training.captcha finetune` writes it: a reader that read all of its held-out captchas.
+    mine = json.loads((WEIGHTS_DIR / "captcha_ctc.json").read_text())
+    mine.update(name="captcha_mine", weights="captcha_mine.safetensors",
+                metrics={"full_string_accuracy": 1.0, "char_accuracy": 1.0, "holdout_samples": 200,
+                         "holdout_before_full_string_accuracy": 0.1})
+    (models / "captcha_mine.json").write_text(json.dumps(mine))
+
+    with TestClient(create_app(Settings(models_dir=models, device="cpu"))) as client:
+        listing = client.get("/models").json()
+        assert {m["variant"] for m in listing["models"]} == {"ctc", "seq2seq", "mine"}
+        # ctc reads 4, 5 and 6 characters (its manifest measures each); seq2seq reads 4 only.
+        assert listing["defaults"]["captcha"] == "ctc"
+        items = write_captchas(tmp_path / "six", 1, seed=11, length=6)
+        path, _ = items[0]
+        body = client.post("/predict/captcha", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+        assert body["model"] == "ctc" and len(body["text"]) == 6

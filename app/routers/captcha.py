@@ -109,7 +109,8 @@ async def predict_captcha(
     request: Request,
     services: ServicesDep,
     model: Annotated[str | None, Query(description="ctc | seq2seq: the seed-style readers (the demo's generator: "
-                                               "ctc 1-8 characters, seq2seq 4; default: the most accurate on 4) | "
+                                               "ctc 1-8 characters, seq2seq 4; default: the one that reads them best at "
+                                               "its worst of 4, 5 and 6 characters) | "
                                                "general: many styles, 1-8 characters | a reader you trained (GET "
                                                "/models lists what is served)")] = None,
     explain: Annotated[bool, Query(description="add each character's span and weights over the upload's "
