@@ -318,10 +318,11 @@ def test_captcha_o0_glyph_net_for_a_ctc_reader_of_every_length(tmp_path, monkeyp
     from models.captcha_common import CHARSET
     from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
     from models.captcha_o0 import INDEX_O, INDEX_ZERO
-    from training.captcha_o0 import load_o0_set, main as o0_main
+    import training.captcha_o0 as o0_cli
+    from training.captcha_o0 import load_o0_set
 
     for name, seed, count in (("train", 5, 60), ("val", 6, 30)):
-        o0_main(["data", "--count", str(count), "--seed", str(seed), "--out", str(tmp_path / name), "--o0-share", "0.6",
+        o0_cli.main(["data", "--count", str(count), "--seed", str(seed), "--out", str(tmp_path / name), "--o0-share", "0.6",
                  "--workers", "1", "--lengths", "4-5"])
     full, labels, meta = load_o0_set(tmp_path / "train")
     lengths = (labels >= 0).sum(1)
@@ -338,8 +339,15 @@ def test_captcha_o0_glyph_net_for_a_ctc_reader_of_every_length(tmp_path, monkeyp
     monkeypatch.setattr(CaptchaCTC, "forward", four_runs)
     ctc = CaptchaCTC(CaptchaCTCConfig(channels=[4, 8, 8, 8], hidden_size=8)).eval()
     save_captcha_reader(ctc, tmp_path / "reader")
-    o0_main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
-             "--reader", str(tmp_path / "reader" / "captcha_ctc.json"), "--out", str(tmp_path / "out"),
+    # A reader of every length carries figures on 5 and 6 characters: the old glyph net's, to be
+    # measured again with the new one (on small sets here).
+    reader_json = tmp_path / "reader" / "captcha_ctc.json"
+    stale = {f"{k}_{n}_chars": v for n in (5, 6) for k, v in (("full_string_accuracy", 0.5), ("char_accuracy", 0.5),
+                                                                ("test_samples", 1000))}
+    reader_json.write_text(json.dumps({**json.loads(reader_json.read_text()), "metrics": {"test_seed": 424242, **stale}}))
+    monkeypatch.setattr(o0_cli, "EVAL", {4: (8, 424242), 5: (6, 424247), 6: (6, 424248)})
+    o0_cli.main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
+             "--reader", str(reader_json), "--out", str(tmp_path / "out"),
              "--epochs", "1", "--batch-size", "8", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
     model, manifest = load_checkpoint(tmp_path / "out" / "captcha_ctc.json")
     o0 = manifest.training["o0"]
@@ -347,6 +355,24 @@ def test_captcha_o0_glyph_net_for_a_ctc_reader_of_every_length(tmp_path, monkeyp
     assert o0["windows"] == int(np.isin(labels[lengths == 4], [INDEX_O, INDEX_ZERO]).sum()) > 0
     assert "CTC run" in o0["how"] and manifest.architecture["o0"]["mix"] == o0["mix"] and model.o0 is not None
     assert "CTC run" in manifest.input["full_resolution"]["for"]
+    # Every reading is 4 characters long: nothing of 5 or 6 is read right, with the glyph net or without.
+    for n in (5, 6):
+        assert manifest.metrics[f"test_samples_{n}_chars"] == 6 and manifest.metrics[f"test_seed_{n}_chars"] == 424242 + n
+        assert manifest.metrics[f"full_string_accuracy_{n}_chars"] == 0.0
+        assert manifest.metrics["reader_alone"][f"full_string_accuracy_{n}_chars"] == 0.0
+
+    # Going on from that glyph net: the same shape, its weights as the start, where it came from recorded.
+    first = tmp_path / "out" / "captcha_ctc.json"
+    o0_cli.main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--reader", str(reader_json),
+                 "--init", str(first), "--out", str(tmp_path / "again"), "--epochs", "1", "--batch-size", "8",
+                 "--threads", "1", "--lr", "1e-9", "--val-samples", "8", "--test-samples", "8"])
+    again, again_manifest = load_checkpoint(tmp_path / "again" / "captcha_ctc.json")
+    assert again_manifest.training["o0"]["init"]["from"] == str(first)
+    assert again_manifest.training["o0"]["init"]["samples_seen"] == o0["samples_seen"]
+    # A peak learning rate of 1e-9: the weights are the first net's (batch-norm statistics aside).
+    for name, weight in model.o0.state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.allclose(weight, again.o0.state_dict()[name], atol=1e-6), name
 
 
 def test_captcha_o0_glyph_net_for_an_end_token_seq2seq(tmp_path, monkeypatch):

@@ -52,6 +52,7 @@ from models.device import resolve_device
 from models.manifest import Manifest
 from models.preprocess import CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, captcha_pixels, to_captcha_tensor
 from training.captcha_data import CaptchaGenerator, fill_in_chunks, generate_arrays
+from training.captcha_lengths import EVAL, eval_sets, length_metrics
 from training.captcha_lib import TEST_SEED, VAL_SEED
 from training.common import REPO_ROOT
 from training.export import export, training_section
@@ -288,6 +289,16 @@ def score_alone_and_with(reader, combined, val_samples: int, test_samples: int) 
     return results
 
 
+def measure_longer(combined, metrics: dict, contract: dict) -> None:
+    """Put the reader's figures on the longer test sets (training.captcha_lengths' 5 and 6
+    characters), with its glyph net and alone, into `metrics` (its `reader_alone` included)."""
+    sets = eval_sets(contract, {n: plan for n, plan in EVAL.items() if n != CAPTCHA_LENGTH})
+    cpu = torch.device("cpu")
+    metrics.update(length_metrics(combined, sets, cpu))
+    metrics.setdefault("reader_alone", {}).update(
+        {k: v for k, v in length_metrics(combined, sets, cpu, alone=True).items() if not k.startswith("test_s")})
+
+
 def export_with_o0(combined, manifest: Manifest, results: dict, o0_info: dict, out_dir: str | Path,
                    centred_by: str) -> Path:
     """Write the reader with its glyph net: the reader's manifest with the new architecture,
@@ -307,6 +318,10 @@ def export_with_o0(combined, manifest: Manifest, results: dict, o0_info: dict, o
                    "reader_alone": {"full_string_accuracy": round(test["alone"]["full_string_accuracy"], 5),
                                     "char_accuracy": round(test["alone"]["char_accuracy"], 5),
                                     "test_errors": test["errors_alone"][:50]}}
+    if "full_string_accuracy_5_chars" in manifest.metrics:
+        # A reader of every length: its 5- and 6-character figures are measured again, else they
+        # would be the old glyph net's (4 characters: the test figures above).
+        measure_longer(combined, out.metrics, manifest.input)
     out.training = {**manifest.training, "o0": {
         **o0_info, "validation": {"alone": round(val["alone"]["full_string_accuracy"], 5),
                                   "with_o0": round(val["with_o0"]["full_string_accuracy"], 5)}}}
@@ -324,6 +339,13 @@ def read_strings(reader, full: np.ndarray, batch: int = 500) -> list[str]:
     return texts
 
 
+def init_info(path: str) -> dict:
+    """Where a glyph net that went on training came from, and what it had seen."""
+    previous = Manifest.read(path).training.get("o0", {})
+    return {"from": str(path), **{k: previous[k] for k in ("samples_seen", "seconds", "windows", "data", "init")
+                                  if k in previous}}
+
+
 def train(args) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -331,6 +353,13 @@ def train(args) -> None:
     reader, manifest = load_checkpoint(args.reader)
     reader = without_o0(reader)  # start from the reader alone
     config = O0GlyphConfig(width=args.window)
+    init_net = None
+    if args.init:
+        # Go on training another checkpoint's glyph net (its shape; the mix is fitted again).
+        init_net = load_checkpoint(args.init)[0].o0
+        if init_net is None:
+            raise SystemExit(f"{args.init} carries no o/0 glyph net to go on from")
+        config = replace(init_net.config, mix=[1.0, 0.0])
     margin = args.jitter  # windows are cut wider and cropped at random: +-jitter px of placement noise
     start = time.perf_counter()
 
@@ -360,7 +389,10 @@ def train(args) -> None:
     print(f"{len(xtr):,} training windows ({int(ytr.sum()):,} zeros), {len(xva):,} validation windows "
           f"[{time.perf_counter() - start:.0f}s]", flush=True)
 
-    net = O0GlyphNet(config).to(device, memory_format=torch.channels_last)
+    net = O0GlyphNet(config)
+    if init_net is not None:
+        net.load_state_dict(init_net.state_dict())
+    net = net.to(device, memory_format=torch.channels_last)
     settings = settings_from_args(args, len(xtr) // args.batch_size, args.out)
     settings.bar_every = 200
 
@@ -389,7 +421,7 @@ def train(args) -> None:
             f"cut where {centred_by} centres, its weight against the reader fitted on validation windows",
         data={"train": train_meta, "validation": val_meta}, parameters=sum(p.numel() for p in net.parameters()),
         windows=len(xtr), lr=args.lr, jitter_px=margin, seconds=seconds, mix=mix, validation_window_errors=errors,
-        val_samples=args.val_samples), args.out, centred_by)
+        val_samples=args.val_samples, **({"init": init_info(args.init)} if args.init else {})), args.out, centred_by)
     print(f"wrote {json_path} [{seconds:.0f}s]")
 
 
@@ -461,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="a seq2seq reader (windows where its attention centres) or a ctc reader (on its runs)")
     t.add_argument("--out", default=str(WEIGHTS))
     add_fit_args(t, epochs=6, lr=3e-3, batch_size=128, weight_decay=0.05, clip=None, precision="bf16")
+    t.add_argument("--init", metavar="MANIFEST", help="go on training the glyph net this checkpoint carries")
     t.add_argument("--window", type=int, default=48)
     t.add_argument("--jitter", type=int, default=3)
     t.add_argument("--seed", type=int, default=1)
