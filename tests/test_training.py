@@ -355,6 +355,7 @@ def test_captcha_o0_glyph_net_for_a_ctc_reader_of_every_length(tmp_path, monkeyp
     assert o0["windows"] == int(np.isin(labels[lengths == 4], [INDEX_O, INDEX_ZERO]).sum()) > 0
     assert "CTC run" in o0["how"] and manifest.architecture["o0"]["mix"] == o0["mix"] and model.o0 is not None
     assert "CTC run" in manifest.input["full_resolution"]["for"]
+    assert manifest.description.endswith("; reads 1-8 characters")
     # Every reading is 4 characters long: nothing of 5 or 6 is read right, with the glyph net or without.
     for n in (5, 6):
         assert manifest.metrics[f"test_samples_{n}_chars"] == 6 and manifest.metrics[f"test_seed_{n}_chars"] == 424242 + n

@@ -226,6 +226,14 @@ def widen(model, manifest, width: int, device):
     return wide, manifest
 
 
+def any_length_description(description: str | None) -> str:
+    """A reader's description that says it reads every length (an end-token seq2seq's says so already)."""
+    description = description or ""
+    if "reads 1-8 characters" in description or "end token" in description:
+        return description
+    return description + "; reads 1-8 characters"
+
+
 def finish(model, manifest, chunk: dict, sets, device, out: Path) -> Path:
     """The reader's manifest as it was (provenance, o/0 glyph net, figures) plus this chunk under
     `training.lengths`, the totals counting it, and its figures per length."""
@@ -235,8 +243,7 @@ def finish(model, manifest, chunk: dict, sets, device, out: Path) -> Path:
                                             if not k.startswith("test_s")}
     record_chunk(manifest.training, chunk)
     manifest.length = None
-    if "reads 1-8 characters" not in (manifest.description or "") and "end token" not in (manifest.description or ""):
-        manifest.description = (manifest.description or "") + "; reads 1-8 characters"
+    manifest.description = any_length_description(manifest.description)
     json_path = export(model, manifest, out, manifest.name)
     print(f"wrote {json_path}", flush=True)
     return json_path

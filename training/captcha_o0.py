@@ -52,7 +52,7 @@ from models.device import resolve_device
 from models.manifest import Manifest
 from models.preprocess import CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, captcha_pixels, to_captcha_tensor
 from training.captcha_data import CaptchaGenerator, fill_in_chunks, generate_arrays
-from training.captcha_lengths import EVAL, eval_sets, length_metrics
+from training.captcha_lengths import EVAL, any_length_description, eval_sets, length_metrics
 from training.captcha_lib import TEST_SEED, VAL_SEED
 from training.common import REPO_ROOT
 from training.export import export, training_section
@@ -319,8 +319,9 @@ def export_with_o0(combined, manifest: Manifest, results: dict, o0_info: dict, o
                                     "char_accuracy": round(test["alone"]["char_accuracy"], 5),
                                     "test_errors": test["errors_alone"][:50]}}
     if "full_string_accuracy_5_chars" in manifest.metrics:
-        # A reader of every length: its 5- and 6-character figures are measured again, else they
-        # would be the old glyph net's (4 characters: the test figures above).
+        # A reader of every length: it still says so, and its 5- and 6-character figures are
+        # measured again, else they would be the old glyph net's (4 characters: the figures above).
+        out.description = any_length_description(out.description)
         measure_longer(combined, out.metrics, manifest.input)
     out.training = {**manifest.training, "o0": {
         **o0_info, "validation": {"alone": round(val["alone"]["full_string_accuracy"], 5),
