@@ -212,11 +212,17 @@ def render_captcha() -> str:
         if manifests["ctc"]["architecture"].get("o0") and ctc_o0 and "glyph_from" not in ctc_o0:
             errs, mix = ctc_o0["validation_window_errors"], manifests["ctc"]["architecture"]["o0"]["mix"]
             data = ctc_o0["data"]["train"]
-            lines += ["", f"The `ctc` reader has a glyph net of its own (the same design), trained on {ctc_o0['windows']:,} "
-                      f"windows centred on the columns of its CTC runs, cut from {data['count']:,} captchas"
-                      f"{_o0_lengths(data)} where each character is o, O or 0 with probability {data['o0_share']:.0%} "
-                      f"({ctc_o0['epochs']} epochs, {ctc_o0['samples_seen']:,} samples, {ctc_o0['seconds'] / 60:.0f} min), "
-                      f"and mixed as {mix[0]:.2f} x glyph net + {mix[1]:.2f} x reader: of the {errs['characters']:,} "
+            # A net that went on from another one (`--init`) lists each of its runs, oldest first.
+            runs, run = [], ctc_o0
+            while run:
+                runs.insert(0, f"{run['windows']:,} windows from {run['data']['train']['count']:,} captchas (seed "
+                               f"{run['data']['train']['seed']}), {run['samples_seen']:,} samples in "
+                               f"{run['seconds'] / 60:.0f} min")
+                run = run.get("init")
+            lines += ["", f"The `ctc` reader has a glyph net of its own (the same design), trained on windows centred on "
+                      f"the columns of its CTC runs, cut from captchas{_o0_lengths(data)} where each character is o, O or "
+                      f"0 with probability {data['o0_share']:.0%}: {'; then, going on from that net, '.join(runs)}; "
+                      f"mixed as {mix[0]:.2f} x glyph net + {mix[1]:.2f} x reader: of the {errs['characters']:,} "
                       f"o/0 characters of the validation captchas{_o0_lengths(ctc_o0['data']['validation'])} it answered "
                       f"o or 0, it got {errs['reader']:,} wrong alone and {errs['mix']:,} with the glyph net."]
         elif manifests["ctc"]["architecture"].get("o0") and ctc_o0:
