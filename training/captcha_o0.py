@@ -11,6 +11,9 @@
     python -m training.captcha_o0 data --count 10000 --seed 5300 --lengths 4-8 --out data/captcha_o0/val48
     python -m training.captcha_o0 train --reader models/weights/captcha_ctc.json --data data/captcha_o0/train48 \
         --val data/captcha_o0/val48 --epochs 4
+    # go on training a glyph net (its weights as the start, the mix fitted again) on fresh captchas
+    python -m training.captcha_o0 train --reader models/weights/captcha_ctc.json --init RUN/captcha_ctc.json \
+        --data data/captcha_o0/train48b --val data/captcha_o0/val48 --epochs 6 --lr 1e-3
 
 Why: most of the reader's misreads are o read as 0 or 0 as o. The generator crops each glyph
 to its ink and stretches it to its font's full box, so o, O and 0 come out as ovals of the same
