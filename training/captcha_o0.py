@@ -497,7 +497,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="a seq2seq reader (windows where its attention centres) or a ctc reader (on its runs)")
     t.add_argument("--out", default=str(WEIGHTS))
     add_fit_args(t, epochs=6, lr=3e-3, batch_size=128, weight_decay=0.05, clip=None, precision="bf16")
-    t.add_argument("--init", metavar="MANIFEST", help="go on training the glyph net this checkpoint carries")
+    t.add_argument("--init", metavar="MANIFEST",
+                   help="go on training the glyph net this checkpoint carries (its shape: --window is ignored)")
     t.add_argument("--window", type=int, default=48)
     t.add_argument("--jitter", type=int, default=3)
     t.add_argument("--seed", type=int, default=1)
