@@ -123,6 +123,14 @@ def length_metrics(model, sets, device, alone: bool = False) -> dict:
     return metrics
 
 
+def served_and_alone(model, sets, device) -> tuple[dict, dict | None]:
+    """`length_metrics` as served, and of the reader without its o/0 glyph net (None without one;
+    the sets' sizes and seeds only once, in the first)."""
+    alone = None if model.o0 is None else {k: v for k, v in length_metrics(model, sets, device, alone=True).items()
+                                           if not k.startswith("test_s")}
+    return length_metrics(model, sets, device), alone
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", default=str(REPO_ROOT / "models" / "weights" / "captcha_ctc.json"))
@@ -237,10 +245,10 @@ def any_length_description(description: str | None) -> str:
 def finish(model, manifest, chunk: dict, sets, device, out: Path) -> Path:
     """The reader's manifest as it was (provenance, o/0 glyph net, figures) plus this chunk under
     `training.lengths`, the totals counting it, and its figures per length."""
-    manifest.metrics.update(length_metrics(model, sets, device))
-    if model.o0 is not None:
-        manifest.metrics["reader_alone"] = {k: v for k, v in length_metrics(model, sets, device, alone=True).items()
-                                            if not k.startswith("test_s")}
+    served, alone = served_and_alone(model, sets, device)
+    manifest.metrics.update(served)
+    if alone is not None:
+        manifest.metrics["reader_alone"] = alone
     record_chunk(manifest.training, chunk)
     manifest.length = None
     manifest.description = any_length_description(manifest.description)

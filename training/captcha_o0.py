@@ -55,7 +55,7 @@ from models.device import resolve_device
 from models.manifest import Manifest
 from models.preprocess import CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, captcha_pixels, to_captcha_tensor
 from training.captcha_data import CaptchaGenerator, fill_in_chunks, generate_arrays
-from training.captcha_lengths import EVAL, any_length_description, eval_sets, length_metrics
+from training.captcha_lengths import EVAL, any_length_description, eval_sets, served_and_alone
 from training.captcha_lib import TEST_SEED, VAL_SEED
 from training.common import REPO_ROOT
 from training.export import export, training_section
@@ -296,10 +296,9 @@ def measure_longer(combined, metrics: dict, contract: dict) -> None:
     """Put the reader's figures on the longer test sets (training.captcha_lengths' 5 and 6
     characters), with its glyph net and alone, into `metrics` (its `reader_alone` included)."""
     sets = eval_sets(contract, {n: plan for n, plan in EVAL.items() if n != CAPTCHA_LENGTH})
-    cpu = torch.device("cpu")
-    metrics.update(length_metrics(combined, sets, cpu))
-    metrics.setdefault("reader_alone", {}).update(
-        {k: v for k, v in length_metrics(combined, sets, cpu, alone=True).items() if not k.startswith("test_s")})
+    served, alone = served_and_alone(combined, sets, torch.device("cpu"))
+    metrics.update(served)
+    metrics.setdefault("reader_alone", {}).update(alone or {})
 
 
 def export_with_o0(combined, manifest: Manifest, results: dict, o0_info: dict, out_dir: str | Path,
@@ -393,10 +392,7 @@ def train(args) -> None:
     print(f"{len(xtr):,} training windows ({int(ytr.sum()):,} zeros), {len(xva):,} validation windows "
           f"[{time.perf_counter() - start:.0f}s]", flush=True)
 
-    net = O0GlyphNet(config)
-    if init_net is not None:
-        net.load_state_dict(init_net.state_dict())
-    net = net.to(device, memory_format=torch.channels_last)
+    net = (O0GlyphNet(config) if init_net is None else init_net).to(device, memory_format=torch.channels_last)
     settings = settings_from_args(args, len(xtr) // args.batch_size, args.out)
     settings.bar_every = 200
 
