@@ -323,7 +323,7 @@ def test_captcha_o0_glyph_net_for_a_ctc_reader_of_every_length(tmp_path, monkeyp
 
     for name, seed, count in (("train", 5, 60), ("val", 6, 30)):
         o0_cli.main(["data", "--count", str(count), "--seed", str(seed), "--out", str(tmp_path / name), "--o0-share", "0.6",
-                 "--workers", "1", "--lengths", "4-5"])
+                     "--workers", "1", "--lengths", "4-5"])
     full, labels, meta = load_o0_set(tmp_path / "train")
     lengths = (labels >= 0).sum(1)
     assert labels.shape == (60, 5) and meta["lengths"] == [4, 5] and set(lengths.tolist()) == {4, 5}
@@ -347,8 +347,8 @@ def test_captcha_o0_glyph_net_for_a_ctc_reader_of_every_length(tmp_path, monkeyp
     reader_json.write_text(json.dumps({**json.loads(reader_json.read_text()), "metrics": {"test_seed": 424242, **stale}}))
     monkeypatch.setattr(o0_cli, "EVAL", {4: (8, 424242), 5: (6, 424247), 6: (6, 424248)})
     o0_cli.main(["train", "--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
-             "--reader", str(reader_json), "--out", str(tmp_path / "out"),
-             "--epochs", "1", "--batch-size", "8", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
+                 "--reader", str(reader_json), "--out", str(tmp_path / "out"),
+                 "--epochs", "1", "--batch-size", "8", "--threads", "1", "--val-samples", "8", "--test-samples", "8"])
     model, manifest = load_checkpoint(tmp_path / "out" / "captcha_ctc.json")
     o0 = manifest.training["o0"]
     # Windows only from the 4-character captchas (read at their length), at their o/0 positions.

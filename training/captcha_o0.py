@@ -342,9 +342,9 @@ def read_strings(reader, full: np.ndarray, batch: int = 500) -> list[str]:
     return texts
 
 
-def init_info(path: str) -> dict:
-    """Where a glyph net that went on training came from, and what it had seen."""
-    previous = Manifest.read(path).training.get("o0", {})
+def init_info(path: str, manifest: Manifest) -> dict:
+    """Where a glyph net that went on training came from (`path`, read as `manifest`), and what it had seen."""
+    previous = manifest.training.get("o0", {})
     return {"from": str(path), **{k: previous[k] for k in ("samples_seen", "seconds", "windows", "data", "init")
                                   if k in previous}}
 
@@ -356,13 +356,15 @@ def train(args) -> None:
     reader, manifest = load_checkpoint(args.reader)
     reader = without_o0(reader)  # start from the reader alone
     config = O0GlyphConfig(width=args.window)
-    init_net = None
+    init_net = init = None
     if args.init:
         # Go on training another checkpoint's glyph net (its shape; the mix is fitted again).
-        init_net = load_checkpoint(args.init)[0].o0
+        init_model, init_manifest = load_checkpoint(args.init)
+        init_net = init_model.o0
         if init_net is None:
             raise SystemExit(f"{args.init} carries no o/0 glyph net to go on from")
         config = replace(init_net.config, mix=[1.0, 0.0])
+        init = init_info(args.init, init_manifest)
     margin = args.jitter  # windows are cut wider and cropped at random: +-jitter px of placement noise
     start = time.perf_counter()
 
@@ -421,7 +423,7 @@ def train(args) -> None:
             f"cut where {centred_by} centres, its weight against the reader fitted on validation windows",
         data={"train": train_meta, "validation": val_meta}, parameters=sum(p.numel() for p in net.parameters()),
         windows=len(xtr), lr=args.lr, jitter_px=margin, seconds=seconds, mix=mix, validation_window_errors=errors,
-        val_samples=args.val_samples, **({"init": init_info(args.init)} if args.init else {})), args.out, centred_by)
+        val_samples=args.val_samples, **({"init": init} if init else {})), args.out, centred_by)
     print(f"wrote {json_path} [{seconds:.0f}s]")
 
 
