@@ -38,6 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SEED, TEST_SEED = 1_000, 2_000  # + the style's index
 
 
+def lineage_samples(start: str) -> int | None:
+    """The served captcha_<start>'s samples seen over all its training chunks (which weights a fine-tune
+    started from)."""
+    training = json.loads((ROOT / "models" / "weights" / f"captcha_{start}.json").read_text())["training"]
+    return training.get("total_samples_seen", training.get("samples_seen"))
+
+
 def run_finetune(folder: Path, out: Path, name: str, minutes: float, scratch: bool,
                  init: str | None = None, precision: str = "fp32") -> tuple[Path, float]:
     cmd = [sys.executable, "-m", "training.captcha", "finetune", "--folder", str(folder), "--name", name,
@@ -115,10 +122,10 @@ def main() -> None:
         started_from = sorted(set(started_from) | set(before))
     results = {"minutes_budget": args.minutes, "train": args.train, "test": args.test, "cpus": os.cpu_count(),
                "parallel": args.parallel, "started_from": started_from, "styles": {},
-               # which ctc the from-ctc runs started from (the README says so when the served one has changed)
-               "ctc_samples_seen": (load_checkpoint(ROOT / "models" / "weights" / "captcha_ctc.json")[1]
-                                    .training.get("samples_seen") if "ctc" in args.starts
-                                    else (earlier or {}).get("ctc_samples_seen"))}
+               # which ctc / general the fine-tunes started from (the README says so when the served one has
+               # changed): its samples seen, over all its chunks
+               **{f"{start}_samples_seen": lineage_samples(start) if start in args.starts
+                  else (earlier or {}).get(f"{start}_samples_seen") for start in ("ctc", "general")}}
     for style in args.styles:
         mixed_case, images = tests[style]
         truth = [t.lower() for t in mixed_case]

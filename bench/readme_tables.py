@@ -469,10 +469,12 @@ def render_finetune() -> str:
                   "characters in answers of the right length, read right (fine-tuned from `captcha_general` vs "
                   "ddddocr): " + "; ".join(f"{style} {i_and_l(row, 'finetuned_from_general')} vs {i_and_l(row, 'ddddocr')}"
                                            for style, row in r["styles"].items()) + "."]
-    served = json.loads((WEIGHTS / "captcha_ctc.json").read_text())["training"].get("samples_seen")
-    if r.get("ctc_samples_seen") != served:
-        lines += ["", "The `captcha_ctc` and shipped `ctc` columns were measured with an earlier `ctc` than the one "
-                  "served now (rerun the bench with `--starts ctc --no-scratch --merge` to update them)."]
+    for start in ("ctc", "general"):
+        training = json.loads((WEIGHTS / f"captcha_{start}.json").read_text())["training"]
+        if r.get(f"{start}_samples_seen") != training.get("total_samples_seen", training.get("samples_seen")):
+            lines += ["", f"The `captcha_{start}` and shipped `{start}` columns were measured with an earlier "
+                      f"`{start}` than the one served now (rerun the bench with `--starts {start} --no-scratch "
+                      "--merge` to update them)."]
     return "\n".join(lines)
 
 

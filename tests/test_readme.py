@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +38,22 @@ def test_readme_has_the_two_setup_commands():
     first_screen = readme[:3000]
     assert "make run" in first_screen and "make test" in first_screen
     assert "curl -F file=@" in first_screen and "docker compose up" in first_screen
+
+
+def test_finetune_table_says_when_a_start_reader_has_changed_since_the_bench(tmp_path, monkeypatch):
+    mod = _tables()
+    results = json.loads(mod.FINETUNE_RESULTS.read_text())
+    served = {start: json.loads((mod.WEIGHTS / f"captcha_{start}.json").read_text())["training"]
+              for start in ("ctc", "general")}
+    for start, training in served.items():  # the bench as if run on today's weights: no note
+        results[f"{start}_samples_seen"] = training.get("total_samples_seen", training.get("samples_seen"))
+    path = tmp_path / "captcha_finetune.json"
+    path.write_text(json.dumps(results))
+    monkeypatch.setattr(mod, "FINETUNE_RESULTS", path)
+    assert "than the one served now" not in mod.render_finetune()
+
+    results["general_samples_seen"] -= 1  # fine-tuned from an earlier general
+    path.write_text(json.dumps(results))
+    table = mod.render_finetune()
+    assert "`captcha_general` and shipped `general` columns were measured with an earlier" in table
+    assert "`captcha_ctc` and shipped `ctc`" not in table
