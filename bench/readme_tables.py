@@ -472,9 +472,10 @@ def render_finetune() -> str:
     for start in ("ctc", "general"):
         training = json.loads((WEIGHTS / f"captcha_{start}.json").read_text())["training"]
         if r.get(f"{start}_samples_seen") != training.get("total_samples_seen", training.get("samples_seen")):
-            lines += ["", f"The `captcha_{start}` and shipped `{start}` columns were measured with an earlier "
-                      f"`{start}` than the one served now (rerun the bench with `--starts {start} --no-scratch "
-                      "--merge` to update them)."]
+            # the shipped columns are read afresh by every bench run, the fine-tunes only by a run that redoes them
+            lines += ["", f"The runs fine-tuned from `captcha_{start}` started from an earlier `{start}` than the one "
+                      f"served now (and unless the bench has run since, so was the shipped `{start}` column): rerun "
+                      f"the bench with `--starts {start} --no-scratch --merge` to update them."]
     return "\n".join(lines)
 
 

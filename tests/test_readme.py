@@ -55,5 +55,5 @@ def test_finetune_table_says_when_a_start_reader_has_changed_since_the_bench(tmp
     results["general_samples_seen"] -= 1  # fine-tuned from an earlier general
     path.write_text(json.dumps(results))
     table = mod.render_finetune()
-    assert "`captcha_general` and shipped `general` columns were measured with an earlier" in table
-    assert "`captcha_ctc` and shipped `ctc`" not in table
+    assert "fine-tuned from `captcha_general` started from an earlier `general`" in table
+    assert "fine-tuned from `captcha_ctc` started from" not in table
