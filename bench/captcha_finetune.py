@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
+from models.manifest import Manifest
 from models.preprocess import captcha_pixels
 from training.captcha_finetune import accuracy, read_texts
 from training.loop import PRECISIONS
@@ -36,13 +37,6 @@ from training.captcha_styles import best_possible, i_and_l_right, samples, write
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SEED, TEST_SEED = 1_000, 2_000  # + the style's index
-
-
-def lineage_samples(start: str) -> int | None:
-    """The served captcha_<start>'s samples seen over all its training chunks (which weights a fine-tune
-    started from)."""
-    training = json.loads((ROOT / "models" / "weights" / f"captcha_{start}.json").read_text())["training"]
-    return training.get("total_samples_seen", training.get("samples_seen"))
 
 
 def run_finetune(folder: Path, out: Path, name: str, minutes: float, scratch: bool,
@@ -124,7 +118,8 @@ def main() -> None:
                "parallel": args.parallel, "started_from": started_from, "styles": {},
                # which ctc / general the fine-tunes started from (the README says so when the served one has
                # changed): its samples seen, over all its chunks
-               **{f"{start}_samples_seen": lineage_samples(start) if start in args.starts
+               **{f"{start}_samples_seen": Manifest.read(ROOT / "models" / "weights" / f"captcha_{start}.json")
+                  .samples_seen_in_all() if start in args.starts
                   else (earlier or {}).get(f"{start}_samples_seen") for start in ("ctc", "general")}}
     for style in args.styles:
         mixed_case, images = tests[style]

@@ -470,8 +470,7 @@ def render_finetune() -> str:
                   "ddddocr): " + "; ".join(f"{style} {i_and_l(row, 'finetuned_from_general')} vs {i_and_l(row, 'ddddocr')}"
                                            for style, row in r["styles"].items()) + "."]
     for start in ("ctc", "general"):
-        training = json.loads((WEIGHTS / f"captcha_{start}.json").read_text())["training"]
-        if r.get(f"{start}_samples_seen") != training.get("total_samples_seen", training.get("samples_seen")):
+        if r.get(f"{start}_samples_seen") != Manifest.read(WEIGHTS / f"captcha_{start}.json").samples_seen_in_all():
             # the shipped columns are read afresh by every bench run, the fine-tunes only by a run that redoes them
             lines += ["", f"The runs fine-tuned from `captcha_{start}` started from an earlier `{start}` than the one "
                       f"served now (and unless the bench has run since, so was the shipped `{start}` column): rerun "

@@ -71,6 +71,11 @@ class Manifest:
             return self.name[len(prefix):]
         return self.variant
 
+    def samples_seen_in_all(self) -> int | None:
+        """Training samples over all of its chunks (`training.total_samples_seen`, written by
+        trainers that go on from a checkpoint), else its one run's."""
+        return self.training.get("total_samples_seen", self.training.get("samples_seen"))
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: every set field, in the committed files' key order; unset task
         sections are left out."""
