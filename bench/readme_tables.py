@@ -121,6 +121,18 @@ def _o0_lengths(data: dict) -> str:
     return f" of {min(lengths)}-{max(lengths)} characters" if len(lengths) > 1 else ""
 
 
+def _o0_runs(o0: dict, lengths: bool = True) -> str:
+    """Each run of an o/0 glyph net, oldest first: one that went on from another (`--init`) names both."""
+    runs, run = [], o0
+    while run:
+        train = run["data"]["train"]
+        runs.insert(0, f"{run['windows']:,} windows from {train['count']:,} captchas"
+                       f"{_o0_lengths(train) if lengths else ''} (seed {train['seed']}), {run['samples_seen']:,} "
+                       f"samples in {run['seconds'] / 60:.0f} min")
+        run = run.get("init")
+    return "; then, going on from that net, ".join(runs)
+
+
 def _lengths_note(variant: str, manifest: dict, chunk: dict) -> str:
     """How a seed-style reader learned every length (training.captcha_lengths), from its manifest."""
     arch = manifest["architecture"]
@@ -190,7 +202,9 @@ def render_captcha() -> str:
         lines += ["", f"The served `seq2seq` reads each captcha {len(tta['shifts'])} times, moved by {shifts} px "
                   "(one batch), and averages the log-probabilities: chosen on the validation captchas, where it read "
                   f"{tta['val_full_string_accuracy_with']:.2%} against {tta['val_full_string_accuracy_without']:.2%} "
-                  "for one view."]
+                  "for one view" + (" (the 4-character reader it grew from)."
+                                    if "samples_seen" in (manifests["seq2seq"]["training"].get("lengths") or {})
+                                    else ".")]
     o0 = manifests["seq2seq"]["training"].get("o0")
     if glyph and o0:
         data, data_val, val = o0["data"]["train"], o0["data"]["validation"], o0["validation"]
@@ -199,29 +213,20 @@ def render_captcha() -> str:
                   f"({_glyph_parameters(glyph):,} parameters, `models/captcha_o0.py`) that looks at a {glyph['width']} px "
                   f"wide, full-height window of the 160x60 image itself, centred where the reader's attention for that "
                   f"character centres; the two log-odds of 0 against o are combined as {glyph['mix'][0]:.2f} x glyph net "
-                  f"+ {glyph['mix'][1]:.2f} x reader (fitted on validation windows). It was trained on {o0['windows']:,} "
-                  f"such windows cut from {data['count']:,} captchas{_o0_lengths(data)} where each character is o, O or 0 "
-                  "with probability "
-                  f"{data['o0_share']:.0%} ({o0['epochs']} epochs, {o0['samples_seen']:,} samples, "
-                  f"{o0['seconds'] / 60:.0f} min on 2 threads, cutting the windows included). Of the validation o/0 "
-                  f"characters the reader answered o or 0 ({data_val['count']:,} captchas, seed {data_val['seed']}), the "
-                  f"reader got {errs['reader']:,} wrong, the glyph net alone {errs['glyph']:,}, the two combined "
-                  f"{errs['mix']:,}; on {o0['val_samples']:,} ordinary validation captchas the full-string accuracy goes "
-                  f"from {val['alone']:.2%} to {val['with_o0']:.2%}."]
+                  f"+ {glyph['mix'][1]:.2f} x reader (fitted on validation windows). It was trained on such windows cut "
+                  f"from captchas where each character is o, O or 0 with probability {data['o0_share']:.0%} (on 2 "
+                  f"threads, cutting the windows included): {_o0_runs(o0)}. Of the validation o/0 "
+                  f"characters the reader answered o or 0 ({data_val['count']:,} captchas{_o0_lengths(data_val)}, seed "
+                  f"{data_val['seed']}), the reader got {errs['reader']:,} wrong, the glyph net alone {errs['glyph']:,}, "
+                  f"the two combined {errs['mix']:,}; on {o0['val_samples']:,} ordinary validation captchas the "
+                  f"full-string accuracy goes from {val['alone']:.2%} to {val['with_o0']:.2%}."]
         ctc_o0 = manifests["ctc"]["training"].get("o0")
         if manifests["ctc"]["architecture"].get("o0") and ctc_o0 and "glyph_from" not in ctc_o0:
             errs, mix = ctc_o0["validation_window_errors"], manifests["ctc"]["architecture"]["o0"]["mix"]
             data = ctc_o0["data"]["train"]
-            # A net that went on from another one (`--init`) lists each of its runs, oldest first.
-            runs, run = [], ctc_o0
-            while run:
-                runs.insert(0, f"{run['windows']:,} windows from {run['data']['train']['count']:,} captchas (seed "
-                               f"{run['data']['train']['seed']}), {run['samples_seen']:,} samples in "
-                               f"{run['seconds'] / 60:.0f} min")
-                run = run.get("init")
             lines += ["", f"The `ctc` reader has a glyph net of its own (the same design), trained on windows centred on "
                       f"the columns of its CTC runs, cut from captchas{_o0_lengths(data)} where each character is o, O or "
-                      f"0 with probability {data['o0_share']:.0%}: {'; then, going on from that net, '.join(runs)}; "
+                      f"0 with probability {data['o0_share']:.0%}: {_o0_runs(ctc_o0, lengths=False)}; "
                       f"mixed as {mix[0]:.2f} x glyph net + {mix[1]:.2f} x reader: of the {errs['characters']:,} "
                       f"o/0 characters of the validation captchas{_o0_lengths(ctc_o0['data']['validation'])} it answered "
                       f"o or 0, it got {errs['reader']:,} wrong alone and {errs['mix']:,} with the glyph net."]

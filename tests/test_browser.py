@@ -490,40 +490,25 @@ def test_captcha_length_and_charset_are_sent_and_the_answer_obeys(desktop, serve
     assert len(page.get_by_test_id("captcha-result").text_content()) == 4
 
     if "seq2seq" in variants:
-        # seq2seq reads exactly 4: the other lengths are disabled, with a hint ...
+        # seq2seq writes an end token, so it reads any length too: nothing is disabled, no hint.
         hint = page.get_by_test_id("captcha-length-hint")
-        assert hint.is_hidden()
         length.select_option("5")
         assert desktop.settle("captcha") == "ready"
         page.get_by_test_id("captcha-model-seq2seq").click()
-        # ... and a length chosen before switching gets the server's refusal, shown, not thrown.
-        assert desktop.settle("captcha") == "error"
-        assert sent[-1]["model"] == ["seq2seq"] and sent[-1]["length"] == ["5"]
-        refusal = answers[-1]
-        assert refusal.status == 422
-        assert page.get_by_test_id("captcha-error-message").text_content() == refusal.json()["error"]["message"]
-        assert "seq2seq" in page.get_by_test_id("captcha-error").text_content()
-        assert page.locator("#captcha-verdict").is_hidden()  # no verdict on an answer that is not there
-        assert page.locator("#captcha-confidence").get_attribute("data-model") is None
-        assert hint.is_visible() and "exactly 4" in hint.text_content()
-        disabled = length.locator("option").evaluate_all("os => os.filter(o => o.disabled).map(o => o.value)")
-        assert disabled == ["1", "2", "3", "5", "6", "7", "8"], disabled
-        desktop.shot("desktop-captcha-seq2seq-length", desktop.panel("captcha"))
-        length.select_option("4")
         assert desktop.settle("captcha") == "ready", page.get_by_test_id("captcha-error").text_content()
-        assert sent[-1]["length"] == ["4"] and answers[-1].json()["model"] == "seq2seq"
+        assert sent[-1]["model"] == ["seq2seq"] and sent[-1]["length"] == ["5"]
+        assert answers[-1].json()["model"] == "seq2seq" and len(answers[-1].json()["text"]) == 5
+        assert page.get_by_test_id("captcha-result").text_content() == answers[-1].json()["text"]
         assert page.get_by_test_id("captcha-answered-by").text_content() == "seq2seq"
-        assert len(page.get_by_test_id("captcha-result").text_content()) == 4
-        _pick_reader(desktop, "ctc")  # back on ctc every length is open again
-        assert hint.is_hidden()
-        assert length.locator("option:disabled").count() == 0
+        assert hint.is_hidden() and length.locator("option:disabled").count() == 0
+        _pick_reader(desktop, "ctc")
     desktop.assert_clean(allowed=("status of 422",))
 
 
 def test_captcha_offers_user_trained_readers(browser, server):
     """Readers fine-tuned on the user's own captchas (extra captcha entries in /models, forced
     here with interception) are offered after ctc and seq2seq, A-Z; the note gives their held-out
-    accuracy, and the answer says which reader gave it."""
+    accuracy, and the answer says which reader gave it. A fixed-length one offers its length only."""
     variants = server["catalog"].get("captcha", [])
     if not variants:
         pytest.skip("no captcha model is loaded")
@@ -539,12 +524,21 @@ def test_captcha_offers_user_trained_readers(browser, server):
 
     def with_own_readers(route):
         body = json.loads(route.fetch().text())
-        body["models"] += [own("myshop", 0.97, 200), own("acme", 0.9, 50)]
+        # A seq2seq trained on 4-character labels (`training.captcha --variant seq2seq`) has no end token.
+        fixed = {**own("fixed4", 0.95, 100), "network": "seq2seq",
+                 "description": "seq2seq trained on 800 labelled captchas of 4 characters",
+                 "architecture": {"variant": "seq2seq", "length": 4, "end_token": False},
+                 "training": {"train_samples": 800, "label_lengths": [4], "init": "random weights"}}
+        body["models"] += [own("myshop", 0.97, 200), own("acme", 0.9, 50), fixed]
         route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
 
     sent: list = []
 
     def fake_myshop(route):
+        if "model=fixed4" in route.request.url:  # the service's refusal of a length it cannot write
+            route.fulfill(status=422, content_type="application/json", body=json.dumps({"error": {
+                "code": "invalid_request", "message": "fixed4 reads exactly 4 characters; use model=ctc"}}))
+            return
         if "model=myshop" not in route.request.url:
             route.continue_()
             return
@@ -558,7 +552,7 @@ def test_captcha_offers_user_trained_readers(browser, server):
     p.open()
     order = page.locator("#captcha-models input").evaluate_all("els => els.map(e => e.value)")
     shipped = [v for v in ("ctc", "seq2seq") if v in variants]
-    assert order[:len(shipped)] == shipped and order[-2:] == ["acme", "myshop"], order
+    assert order[:len(shipped)] == shipped and order[-3:] == ["acme", "fixed4", "myshop"], order
     if "general" in variants:  # the shipped general reader: after ctc/seq2seq, not marked as the user's own
         assert order.index("general") == len(shipped)
         assert "seg-own" not in page.locator("#captcha-models [data-variant=general]").get_attribute("class")
@@ -580,13 +574,29 @@ def test_captcha_offers_user_trained_readers(browser, server):
     assert "length=5" in sent[-1]
     assert page.get_by_test_id("captcha-result").text_content() == "ab12c"
     assert page.get_by_test_id("captcha-answered-by").text_content() == "myshop"
+
+    # A fixed-length reader takes only its own length: the others are disabled, with a hint, and
+    # a length chosen before switching gets the server's refusal, shown, not thrown.
+    length, hint = page.get_by_test_id("captcha-length"), page.get_by_test_id("captcha-length-hint")
+    assert hint.is_hidden()
+    page.get_by_test_id("captcha-model-fixed4").click()
+    assert p.settle("captcha") == "error"
+    assert page.get_by_test_id("captcha-error-message").text_content().startswith("fixed4 reads exactly 4")
+    assert page.locator("#captcha-verdict").is_hidden()  # no verdict on an answer that is not there
+    assert hint.is_visible() and "exactly 4" in hint.text_content() and "cannot answer 5" in hint.text_content()
+    disabled = length.locator("option").evaluate_all("os => os.filter(o => o.disabled).map(o => o.value)")
+    assert disabled == ["1", "2", "3", "5", "6", "7", "8"], disabled
+    p.shot("desktop-captcha-fixed-length", p.panel("captcha"))
+    page.get_by_test_id("captcha-model-myshop").click()  # every length open again
+    assert p.settle("captcha") == "ready" and hint.is_hidden()
+    assert length.locator("option:disabled").count() == 0
     assert page.locator("#captcha-confidence").text_content().startswith("Read by myshop · whole string 91% sure")
     page.mouse.move(0, 0)
     p.panel("captcha").scroll_into_view_if_needed()
     p.shot("desktop-captcha-own-reader", p.panel("captcha"))
     page.emulate_media(color_scheme="dark")
     p.shot("desktop-captcha-own-reader-dark", p.panel("captcha"))
-    p.assert_clean()
+    p.assert_clean(allowed=("status of 422",))
     p.close()
 
 

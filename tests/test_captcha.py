@@ -597,9 +597,10 @@ def test_models_lists_the_seed_readers_and_the_general_reader(client):
     for variant in ("ctc", "seq2seq"):
         m = models[variant]
         assert {"full_string_accuracy", "char_accuracy"} <= set(m["metrics"])
-        # 32 px high; 96 wide, or 128 for a reader widened to read 1-8 characters (ctc).
-        assert m["input"]["height"] == CAPTCHA_HEIGHT and m["input"]["width"] == m["architecture"]["width"]
-        assert m["input"]["width"] == {"ctc": 128, "seq2seq": CAPTCHA_WIDTH}[variant]
+        # 32 px high and widened from 96 to 128 px to read 1-8 characters, each measured on 5 and 6.
+        assert m["input"]["height"] == CAPTCHA_HEIGHT and m["input"]["width"] == m["architecture"]["width"] == 128
+        assert {"full_string_accuracy_5_chars", "full_string_accuracy_6_chars"} <= set(m["metrics"])
+    assert models["seq2seq"]["architecture"]["end_token"] and models["seq2seq"]["architecture"]["length"] == 8
     general = models["general"]
     assert general["network"] == "ctc" and (general["input"]["height"], general["input"]["width"]) == (48, 160)
     figures = general["metrics"]["validation_per_family"]

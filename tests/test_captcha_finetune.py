@@ -155,7 +155,7 @@ def test_a_reader_of_your_own_captchas_never_becomes_the_default(tmp_path):
     with TestClient(create_app(Settings(models_dir=models, device="cpu"))) as client:
         listing = client.get("/models").json()
         assert {m["variant"] for m in listing["models"]} == {"ctc", "seq2seq", "mine"}
-        # ctc reads 4, 5 and 6 characters (its manifest measures each); seq2seq reads 4 only.
+        # ctc reads 4, 5 and 6 characters best at its worst of the three (each manifest measures each).
         assert listing["defaults"]["captcha"] == "ctc"
         items = write_captchas(tmp_path / "six", 1, seed=11, length=6)
         path, _ = items[0]

@@ -109,7 +109,7 @@ async def predict_captcha(
     request: Request,
     services: ServicesDep,
     model: Annotated[str | None, Query(description="ctc | seq2seq: the seed-style readers (the demo's generator: "
-                                               "ctc 1-8 characters, seq2seq 4; default: the one that reads them best at "
+                                               "both read 1-8 characters; default: the one that reads them best at "
                                                "its worst of 4, 5 and 6 characters) | "
                                                "general: many styles, 1-8 characters | a reader you trained (GET "
                                                "/models lists what is served)")] = None,
@@ -119,8 +119,9 @@ async def predict_captcha(
         ge=1, le=MAX_CONSTRAINED_LENGTH,
         description=f"answer exactly this many characters (1-{MAX_CONSTRAINED_LENGTH}), by constrained decoding: "
                     "ctc finds the most probable column alignment that writes exactly that many; a seq2seq reader "
-                    "with an end token may not end before that step and must end on it, one without (the served "
-                    f"seq2seq) writes a fixed {CAPTCHA_LENGTH} and takes only length={CAPTCHA_LENGTH}")] = None,
+                    "with an end token (the served seq2seq) may not end before that step and must end on it; one "
+                    f"without (trained on fixed-length labels) writes a fixed {CAPTCHA_LENGTH} and takes only "
+                    f"length={CAPTCHA_LENGTH}")] = None,
     charset: Annotated[str | None, Query(
         description="answer only with these characters: `digits` (0-9), `letters` (a-z), `alnum` (0-9a-z, the "
                     "default) or the characters themselves, e.g. `0123abc` (any of 0-9a-zA-Z, case-insensitive). "
