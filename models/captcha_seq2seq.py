@@ -20,7 +20,8 @@ Constrained decoding (`read(..., constraints=...)`): the characters a charset le
 -inf logits at every step of every shifted view, before the views are averaged (so each view
 is renormalised over the allowed ones). `length=N` on an end-token reader: steps before N may not
 end and step N must (masked the same way); with a charset and no length, N is the length it reads
-without the charset. A fixed-length reader honours only its own length.
+without the charset. The string's confidence then also counts how likely the reader itself found
+ending at N (`charge_imposed_lengths`). A fixed-length reader honours only its own length.
 """
 
 from __future__ import annotations
@@ -251,6 +252,23 @@ class CaptchaSeq2Seq(nn.Module):
                 items[i] = replace(items[i], length=int(ends[i]))
         return items
 
+    def charge_imposed_lengths(self, readings: list[CaptchaReading], logits: torch.Tensor,
+                               items: list[Constraints | None]) -> None:
+        """A length (asked for, or the free reading's under a charset) masks the end token away
+        before step N and forces it on N, so the masked steps alone would call a forced answer
+        sure. Each such reading's confidence is multiplied by the chance the reader itself (its
+        charset masks only) gives to ending exactly there, prod_{s<N} (1 - p_end[s]) * p_end[N],
+        so that, as for ctc, it is the answer's probability rather than one given its length.
+        logits: `view_logits`' (V*B, S, C)."""
+        imposed = [i for i, c in enumerate(items) if c is not None and c.length is not None]
+        if not self.config.end_token or not imposed:
+            return
+        free = [None if c is None else replace(c, length=None) for c in items]
+        p_end = self.average_views(logits, len(items), self.step_mask(free, logits.device))[..., END].exp()  # (B, S)
+        for i in imposed:
+            n = items[i].length
+            readings[i].confidence *= float((1 - p_end[i, :n]).prod() * p_end[i, n])
+
     @torch.inference_mode()
     def read(self, x: torch.Tensor, full: torch.Tensor | None = None, explain: bool = False,
              constraints: Constraints | Sequence[Constraints | None] | None = None) -> list[CaptchaReading]:
@@ -268,12 +286,15 @@ class CaptchaSeq2Seq(nn.Module):
         allowed = self.step_mask(items, x.device)  # (B, S, C) or None
         lp = self.average_views(logits, x.shape[0], allowed)
         if not explain and (self.o0 is None or full is None):
-            return read_seq2seq(lp, allowed=allowed)
+            readings = read_seq2seq(lp, allowed=allowed)
+            self.charge_imposed_lengths(readings, logits, items)
+            return readings
         attention = self.plain_attention(x, attention)
         if self.o0 is not None and full is not None:
             both = None if allowed is None else allowed[:, 0, INDEX_O] & allowed[:, 0, INDEX_ZERO]
             lp = self.refine_o0(lp, attention, full.to(x.device), allow=both)
         readings = read_seq2seq(lp, allowed=allowed)
+        self.charge_imposed_lengths(readings, logits, items)
         if explain:
             if attention is None:
                 raise ValueError("explain needs a seq2seq reader with attention")

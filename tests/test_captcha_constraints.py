@@ -289,6 +289,12 @@ def test_length_on_five_and_six_character_captchas(client, variant, bounds):
     for _ in range(3):
         body = post(client, five.sample()[1], model=variant, length=5).json()
         assert len(body["text"]) == 5 and len(body["characters"]) == 5 and 0 < body["confidence"] <= 1
+    # A length the captcha does not have is written, and said to be unlikely; its own length changes nothing.
+    six = CaptchaGenerator(5009, length=6).sample()[1]
+    free, same, short = (post(client, six, model=variant, **q).json() for q in ({}, {"length": 6}, {"length": 5}))
+    assert len(free["text"]) == 6 and same["text"] == free["text"] and len(short["text"]) == 5
+    assert same["confidence"] == pytest.approx(free["confidence"], rel=0.02)
+    assert short["confidence"] < 0.01 < 0.5 < free["confidence"], (short["confidence"], free["confidence"])
     for text in ("ab3K", "x9x9"):
         body = post(client, CaptchaGenerator(33).image(text), model=variant, length=3, explain="true").json()
         assert len(body["text"]) == 3 and [c["char"] for c in body["characters"]] == list(body["text"])

@@ -74,6 +74,23 @@ def test_length_and_charset_masks_make_the_reader_write_exactly_that():
         end_token_reader(length=5).check_constraints(parse_constraints(length=6))
 
 
+def test_an_imposed_length_counts_in_the_string_confidence():
+    """length=N forces the end onto step N: the string's confidence is the answer's probability
+    under the reader's own steps (not ending before N, and ending at N, included), so a length the
+    reader would not write reads as unlikely, and the length it writes anyway changes nothing."""
+    model = end_token_reader()
+    x = torch.randn(4, 1, 32, 96)
+    with torch.no_grad():
+        own = model.average_views(model.view_logits(x)[0], 4, model.step_mask([None] * 4, "cpu")).exp()  # (4, 9, 37)
+    free = model.read(x)
+    for n in range(1, 9):
+        for i, r in enumerate(model.read(x, constraints=parse_constraints(length=n))):
+            steps = [CHARSET.index(c) for c in r.text] + [END]
+            assert r.confidence == pytest.approx(math.prod(float(own[i, s, k]) for s, k in enumerate(steps)), rel=1e-4)
+            if len(free[i].text) == n:
+                assert r.text == free[i].text and r.confidence == pytest.approx(free[i].confidence, rel=1e-4)
+
+
 def test_a_charset_alone_keeps_the_length_the_reader_reads(monkeypatch):
     """A captcha of 4 letters read with charset=digits: 4 digits (the best it can do), not an empty
     answer because the end token outscored every digit at the first step."""
