@@ -423,7 +423,7 @@ def _pick_reader(desktop, variant: str):
 def test_captcha_length_and_charset_are_sent_and_the_answer_obeys(desktop, server):
     """Length and charset controls: each change re-reads the captcha with length=/charset= in the
     query, the page shows the server's answer and which reader gave it; what the server refuses
-    (a custom set outside 0-9a-z, a length seq2seq cannot read) is shown as its own message."""
+    (a custom set outside 0-9a-z) is shown as its own message."""
     variants = server["catalog"].get("captcha", [])
     if "ctc" not in variants:
         pytest.skip("no ctc captcha reader is loaded")

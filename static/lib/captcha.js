@@ -315,8 +315,8 @@ export function initCaptcha({ panel, catalog, announce }) {
       setPanelState(panel, "ready");
     } catch (err) {
       if (mine !== ticket) return;
-      // 422 invalid_request: the reader cannot answer under these settings (a length seq2seq
-      // cannot read, characters outside 0-9a-z): the server's own message says why.
+      // 422 invalid_request: the reader cannot answer under these settings (a length a fixed-length
+      // seq2seq cannot write, characters outside 0-9a-z): the server's own message says why.
       const refused = err instanceof ApiError && err.status === 422 && err.code === "invalid_request" && asked;
       failed(err, refused ? `${label(selected)} cannot answer with these settings.` : "Could not read this image.");
     } finally {
