@@ -285,11 +285,8 @@ class CaptchaSeq2Seq(nn.Module):
         items = self.lengths_read_freely(logits, items)
         allowed = self.step_mask(items, x.device)  # (B, S, C) or None
         lp = self.average_views(logits, x.shape[0], allowed)
-        if not explain and (self.o0 is None or full is None):
-            readings = read_seq2seq(lp, allowed=allowed)
-            self.charge_imposed_lengths(readings, logits, items)
-            return readings
-        attention = self.plain_attention(x, attention)
+        if explain or (self.o0 is not None and full is not None):
+            attention = self.plain_attention(x, attention)
         if self.o0 is not None and full is not None:
             both = None if allowed is None else allowed[:, 0, INDEX_O] & allowed[:, 0, INDEX_ZERO]
             lp = self.refine_o0(lp, attention, full.to(x.device), allow=both)
