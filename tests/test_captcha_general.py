@@ -110,9 +110,18 @@ def test_general_trainer_exports_a_reader_served_beside_the_default(tmp_path):
     assert "full_string_accuracy" not in manifest["metrics"]  # never ranks as the default reader
     assert set(manifest["metrics"]["validation_per_family"]) >= {"seed", "multicolor", "claptcha"}
     assert manifest["training"]["chunks"][0]["samples_seen"] == 64
+    assert manifest["training"]["weights_from_epoch"] >= 1
     again = json.loads(main(common + ["--init", str(first)]).read_text())
     assert [c["samples_seen"] for c in again["training"]["chunks"]] == [64, 64]
     assert again["training"]["total_samples_seen"] == 128
+    # A go-on chunk from the committed reader at a high lr reads worse by its last epoch: the
+    # exported weights are the best epoch's on validation (keep_best), and the figures are theirs.
+    go_on = json.loads(main(common + ["--init", str(WEIGHTS_DIR / "captcha_general.json"), "--lr", "1e-3",
+                                      "--out", str(tmp_path / "go_on")]).read_text())
+    history = [h["val_full_string_accuracy"] for h in go_on["training"]["history"]]
+    assert max(history) > history[-1], history  # the case under test: the last epoch is not the best
+    assert go_on["training"]["weights_from_epoch"] == history.index(max(history)) + 1
+    assert go_on["metrics"]["mix_full_string_accuracy"] == max(history)
 
     for suffix in (".json", ".safetensors"):
         (models / f"captcha_ctc{suffix}").symlink_to(WEIGHTS_DIR / f"captcha_ctc{suffix}")

@@ -166,6 +166,44 @@ def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_learns():
     assert settings.describe_precision().startswith("bf16 autocast")
 
 
+def test_keep_best_ends_with_the_best_epochs_weights_across_a_resume(tmp_path):
+    """With keep_best, the model ends with the weights of the epoch that scored best, not the
+    last epoch's; the best weights travel in the snapshot, so a resumed run keeps them too."""
+    x, y = _toy_problem()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    scores = iter([0.5, 0.9, 0.7, 0.8])  # the "validation" figure of epochs 1..4
+    weights = []  # the model's weights as each epoch ended
+
+    def evaluate():
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"val": next(scores), "other": 0.0}
+
+    def settings(epochs, **kw):
+        return FitSettings(Budget(epochs, 8), OneCycle(1e-2), progress=False, keep_best="val", **kw)
+
+    snapshots = tmp_path / "snapshots"
+    first = fit(model, _Toy(x, y, 32), torch.nn.functional.cross_entropy, settings=settings(2, snapshot_dir=snapshots),
+                evaluate=evaluate, log=lambda line: None)
+    assert first.best_epoch == 2 and (snapshots / "best_model.safetensors").is_file()
+    lines = []
+    resumed = fit(model, _Toy(x, y, 32), torch.nn.functional.cross_entropy, settings=settings(4, resume=snapshots),
+                  evaluate=evaluate, log=lines.append)
+    assert [h["val"] for h in resumed.history] == [0.5, 0.9, 0.7, 0.8] and resumed.best_epoch == 2
+    assert not torch.equal(weights[3]["weight"], weights[1]["weight"])  # training moved on after epoch 2 ...
+    for key, value in model.state_dict().items():  # ... and the model ends with epoch 2's weights
+        assert torch.equal(value, weights[1][key])
+    assert "kept epoch 2's weights: val 0.9 (the last epoch's: 0.8)" in lines[-1]
+    # Without keep_best the last epoch's weights stay, and a figure evaluate() lacks is an error.
+    plain = fit(model, _Toy(x, y, 32), torch.nn.functional.cross_entropy, evaluate=lambda: {"val": 0.1},
+                settings=FitSettings(Budget(1, 8), OneCycle(1e-2), progress=False), log=lambda line: None)
+    assert plain.best_epoch is None
+    with pytest.raises(KeyError, match="accuracy"):
+        fit(model, _Toy(x, y, 32), torch.nn.functional.cross_entropy, evaluate=lambda: {"val": 0.1},
+            settings=FitSettings(Budget(1, 8), OneCycle(1e-2), progress=False, keep_best="accuracy"),
+            log=lambda line: None)
+
+
 def test_schedule_is_torchs_one_cycle_and_budgets_stop_the_run():
     steps = 37
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -99,11 +99,13 @@ def main(argv: list[str] | None = None) -> Path:
     source = ReaderBatches(ArraySource(x, y.astype(np.int64), args.batch_size, gen), gen, augment=True, device=device)
     steps = max(1, len(x) // args.batch_size // 4)  # an "epoch" = a quarter pass: a validation point every ~15k
     settings = settings_from_args(args, steps, args.out)
+    # A go-on chunk's last epoch is partial and at ~0 lr: the best epoch on validation is kept.
+    settings.keep_best = "val_full_string_accuracy"
 
     def evaluate() -> dict:
         figures = family_figures(model, {f: sets[f] for f in TRAIN_FAMILIES}, device)
         out = {f"val_{f}": figures[f]["full_string_accuracy"] for f in TRAIN_FAMILIES}
-        out["val_full_string_accuracy"] = round(float(np.mean(list(out.values()))), 5)  # picks the weights
+        out["val_full_string_accuracy"] = round(float(np.mean(list(out.values()))), 5)  # keep_best
         return out
 
     result = fit(model, source, ctc_loss, settings=settings, evaluate=evaluate)

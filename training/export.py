@@ -30,7 +30,8 @@ def training_section(result: FitResult, settings: FitSettings, *, seed: int, bat
                      device: torch.device | str, **extra: Any) -> dict[str, Any]:
     """The manifest's `training` for a run of the shared loop: epochs, seconds, samples seen,
     seed, batch size, optimizer and schedule, clipping, precision, a sample or clock budget, the
-    trainer's `extra` keys (which may override these), the snapshot it resumed from, device,
+    trainer's `extra` keys (which may override these), the epoch whose weights were kept
+    (keep_best), the snapshot it resumed from, device,
     threads, machine and the per-epoch history."""
     section = {
         "epochs": result.epochs, "seconds": result.seconds, "samples_seen": result.samples, "seed": seed,
@@ -42,6 +43,8 @@ def training_section(result: FitResult, settings: FitSettings, *, seed: int, bat
     if settings.budget.samples:
         section["samples_budget"] = settings.budget.samples
     section.update(extra)
+    if result.best_epoch is not None:
+        section["weights_from_epoch"] = result.best_epoch  # keep_best: not necessarily the last
     if result.resumed_from:
         section["resumed_from"] = result.resumed_from
     section.update({"device": str(device), "threads": torch.get_num_threads(), "machine": platform.machine(),

@@ -113,6 +113,9 @@ class FitSettings:
     progress: bool = True
     snapshot_dir: Path | None = None  # snapshot after every epoch
     resume: Path | None = None  # a snapshot folder to go on from
+    # An `evaluate()` figure (higher is better): the model ends with the weights of the epoch
+    # that scored it best, not the last epoch's (a clock budget's last epoch is often partial).
+    keep_best: str | None = None
     bar_every: int = 20  # steps between progress-bar updates
 
     def describe_optimizer(self) -> str:
@@ -130,6 +133,7 @@ class FitResult:
     seconds: float = 0.0  # wall clock, evaluations included, across resumes
     lr: float = 0.0
     resumed_from: str | None = None
+    best_epoch: int | None = None  # with settings.keep_best: the epoch whose weights the model ends with
 
     @property
     def epochs(self) -> int:
@@ -216,7 +220,8 @@ def fit(model: nn.Module, source: BatchSource, loss_fn: LossFn, *, settings: Fit
     loss, or (loss, {name: per-batch mean}) whose sample-weighted means go into the history as
     `train_<name>`. After each epoch `evaluate()` gives the epoch's figures (rounded as they
     should be recorded); the record and a log line are written, and with settings.snapshot_dir
-    a snapshot (then `on_snapshot(folder)`)."""
+    a snapshot (then `on_snapshot(folder)`). With settings.keep_best, the model ends with the
+    weights of the epoch that scored best on that figure (result.best_epoch; kept in snapshots)."""
     device = next(model.parameters()).device
     forward = forward or model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -224,8 +229,14 @@ def fit(model: nn.Module, source: BatchSource, loss_fn: LossFn, *, settings: Fit
     budget = settings.budget
     result = FitResult()
     first_epoch = 1
+    best_state: dict[str, torch.Tensor] | None = None  # the best epoch's weights, on the CPU
     if settings.resume is not None:
         first_epoch = _restore(Path(settings.resume), model, opt, source, result)
+        best_file = Path(settings.resume) / "best_model.safetensors"
+        if result.best_epoch is not None and best_file.is_file():
+            best_state = load_file(str(best_file))
+        else:  # a snapshot without the best weights: the best is chosen among the epochs from here
+            result.best_epoch = None
         log(f"resumed from {settings.resume}: epoch {first_epoch - 1}, {result.samples:,} samples, "
             f"{result.seconds:.0f} s")
     seconds_before = result.seconds
@@ -279,14 +290,30 @@ def fit(model: nn.Module, source: BatchSource, loss_fn: LossFn, *, settings: Fit
         result.seconds = round(elapsed(), 1)
         record.update({"samples_seen": result.samples, "lr": round(result.lr, 6), "seconds": result.seconds})
         result.history.append(record)
+        if settings.keep_best is not None:
+            if settings.keep_best not in figures:
+                raise KeyError(f"keep_best: evaluate() gives no {settings.keep_best!r} (it gives {sorted(figures)})")
+            best = _record(result, result.best_epoch)[settings.keep_best] if result.best_epoch else -math.inf
+            if figures[settings.keep_best] > best:
+                result.best_epoch = epoch
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         shown = " | ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
         log(f"epoch {epoch:2d}/{budget.epochs} train_loss {record['train_loss']:.5g}{' | ' + shown if shown else ''}"
             f" | lr {result.lr:.2e} seen {result.samples:,} [{result.seconds:.0f}s]")
         if settings.snapshot_dir is not None:
-            _snapshot(Path(settings.snapshot_dir), model, opt, source, result, epoch, on_snapshot)
+            _snapshot(Path(settings.snapshot_dir), model, opt, source, result, epoch, on_snapshot, best_state)
         stopped = stopped or budget.spent(result.samples, elapsed())
     result.seconds = round(elapsed(), 1)
+    if best_state is not None and result.best_epoch != len(result.history):
+        model.load_state_dict(best_state)
+        key = settings.keep_best
+        log(f"kept epoch {result.best_epoch}'s weights: {key} {_fmt(_record(result, result.best_epoch)[key])} "
+            f"(the last epoch's: {_fmt(result.history[-1][key])})")
     return result
+
+
+def _record(result: FitResult, epoch: int) -> dict:
+    return next(r for r in result.history if r["epoch"] == epoch)
 
 
 def _fmt(value) -> str:
@@ -304,14 +331,17 @@ def progress(iterable, *, total: int, desc: str, disable: bool = False, mininter
 # --- snapshots --------------------------------------------------------------------------------
 
 def _snapshot(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, source, result: FitResult, epoch: int,
-              on_snapshot: Callable[[Path], None] | None) -> None:
-    """Write the snapshot beside `folder`, then swap it in: a crash mid-write leaves the last one."""
+              on_snapshot: Callable[[Path], None] | None, best_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the snapshot beside `folder`, then swap it in: a crash mid-write leaves the last one.
+    With `best_state` (keep_best), the best epoch's weights go into best_model.safetensors."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     # Copies, so modules shared between two parents (JointCaptcha) are stored under each name.
     save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
               str(partial / "model.safetensors"))
+    if best_state is not None:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(partial / "best_model.safetensors"))
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -367,6 +397,7 @@ def _restore(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, source,
     result.history = state["history"]
     result.steps, result.samples, result.seconds, result.lr = (state["steps"], state["samples"], state["seconds"],
                                                                state["lr"])
+    result.best_epoch = state.get("best_epoch")
     result.resumed_from = str(folder)
     return state["epoch"] + 1
 
