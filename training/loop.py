@@ -134,6 +134,7 @@ class FitResult:
     lr: float = 0.0
     resumed_from: str | None = None
     best_epoch: int | None = None  # with settings.keep_best: the epoch whose weights the model ends with
+    # (history holds epochs 1, 2, ... in order, across resumes: epoch k is history[k - 1])
 
     @property
     def epochs(self) -> int:
@@ -293,7 +294,7 @@ def fit(model: nn.Module, source: BatchSource, loss_fn: LossFn, *, settings: Fit
         if settings.keep_best is not None:
             if settings.keep_best not in figures:
                 raise KeyError(f"keep_best: evaluate() gives no {settings.keep_best!r} (it gives {sorted(figures)})")
-            best = _record(result, result.best_epoch)[settings.keep_best] if result.best_epoch else -math.inf
+            best = result.history[result.best_epoch - 1][settings.keep_best] if result.best_epoch else -math.inf
             if figures[settings.keep_best] > best:
                 result.best_epoch = epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -307,13 +308,9 @@ def fit(model: nn.Module, source: BatchSource, loss_fn: LossFn, *, settings: Fit
     if best_state is not None and result.best_epoch != len(result.history):
         model.load_state_dict(best_state)
         key = settings.keep_best
-        log(f"kept epoch {result.best_epoch}'s weights: {key} {_fmt(_record(result, result.best_epoch)[key])} "
+        log(f"kept epoch {result.best_epoch}'s weights: {key} {_fmt(result.history[result.best_epoch - 1][key])} "
             f"(the last epoch's: {_fmt(result.history[-1][key])})")
     return result
-
-
-def _record(result: FitResult, epoch: int) -> dict:
-    return next(r for r in result.history if r["epoch"] == epoch)
 
 
 def _fmt(value) -> str:
