@@ -31,8 +31,7 @@ def training_section(result: FitResult, settings: FitSettings, *, seed: int, bat
     """The manifest's `training` for a run of the shared loop: epochs, seconds, samples seen,
     seed, batch size, optimizer and schedule, clipping, precision, a sample or clock budget, the
     trainer's `extra` keys (which may override these), the epoch whose weights were kept
-    (keep_best), the snapshot it resumed from, device,
-    threads, machine and the per-epoch history."""
+    (keep_best), the snapshot it resumed from, device, threads, machine and the per-epoch history."""
     section = {
         "epochs": result.epochs, "seconds": result.seconds, "samples_seen": result.samples, "seed": seed,
         "batch_size": batch_size, "optimizer": settings.describe_optimizer(), "grad_clip": settings.clip,
