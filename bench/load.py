@@ -59,7 +59,7 @@ def multipart(field_name: str, filename: str, data: bytes, ctype: str) -> tuple[
 
 
 def build_endpoints(models: dict[str, list[str]]) -> list[Endpoint]:
-    from testkit import drawn_digit
+    from testkit import drawn_digit, drawn_number
 
     def expect_json(key, value=None):
         def check(status, body):
@@ -87,6 +87,13 @@ def build_endpoints(models: dict[str, list[str]]) -> list[Endpoint]:
         image = ImageCaptcha().generate_image("3fk9")
         body, ctype = multipart("file", "captcha.png", png_bytes(image), "image/png")
         out.append(Endpoint("POST /predict/captcha", "POST", "/predict/captcha", body, ctype, expect_json("text")))
+        if "general" in models["captcha"]:
+            out.append(Endpoint("POST /predict/captcha?model=general", "POST", "/predict/captcha?model=general",
+                                body, ctype, expect_json("text")))
+    if "number" in models:
+        # A drawn 4-digit line, as the number panel sends it.
+        body, ctype = multipart("file", "number.png", png_bytes(drawn_number("2048", seed=3)), "image/png")
+        out.append(Endpoint("POST /predict/number", "POST", "/predict/number", body, ctype, expect_json("text")))
     if "autoencoder" in models:
         body, ctype = multipart("file", "digit.png", digit, "image/png")
         out.append(Endpoint("POST /predict/reconstruct", "POST", "/predict/reconstruct", body, ctype,

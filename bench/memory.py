@@ -1,6 +1,6 @@
 """Memory of the running service under load: starts it (python -m app.serve on a free loopback
-port), sends a mixed load for a while to bench/load.py's endpoints (the digit, captcha and
-reconstruct routes; not yet /predict/number or the general reader), and reports the process tree's
+port), sends a mixed load for a while to bench/load.py's endpoints (every POST route of the loaded
+models: digit, captcha with the default and the general reader, number, reconstruct), and reports the process tree's
 PSS and private memory at start, at the end of the load and after a few idle seconds (when
 app/memory.py has handed freed heap back), from /proc/<pid>/smaps_rollup (Linux).
 
