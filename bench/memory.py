@@ -1,8 +1,8 @@
 """Memory of the running service under load: starts it (python -m app.serve on a free loopback
-port), sends a mixed load for a while to bench/load.py's endpoints (every POST route of the loaded
-models: digit, captcha with the default and the general reader, number, reconstruct), and reports the process tree's
-PSS and private memory at start, at the end of the load and after a few idle seconds (when
-app/memory.py has handed freed heap back), from /proc/<pid>/smaps_rollup (Linux).
+port), sends a mixed load for a while to every POST route of the loaded models (bench/load.py's
+build_endpoints), and reports the process tree's PSS and private memory at start, at the end of
+the load and after a few idle seconds (when app/memory.py has handed freed heap back), from
+/proc/<pid>/smaps_rollup (Linux).
 
     .venv/bin/python -m bench.memory --workers 2 --seconds 60
     .venv/bin/python -m bench.memory --workers 1 --env RNNLAB_MALLOC_TRIM_INTERVAL_S=0   # no trimming
