@@ -9,7 +9,8 @@ import pytest
 
 from models.captcha_common import CHARSET
 from training.captcha_mix import (FAMILIES, HEIGHT, HELD_OUT_FAMILIES, HELD_OUT_FONTS, MAX_LENGTH, TRAIN_FAMILIES,
-                                  WIDTH, encode, load_shards, mix_fonts, render_shard, samples, shard_jobs)
+                                  WIDTH, encode, load_shards, mix_fonts, parse_weights, render_shard, samples,
+                                  shard_jobs)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -61,3 +62,18 @@ def test_shards_round_trip(tmp_path):
     for row in y:
         n = int((row >= 0).sum())
         assert (row[:n] >= 0).all() and (row[n:] == -1).all() and n >= 1
+
+
+def test_weights_set_each_familys_share_of_a_shard(tmp_path):
+    weights = parse_weights("seed=0.5,pil_tiles=1.5", ("seed", "wheezy", "pil_tiles"))
+    assert weights == {"seed": 0.5, "wheezy": 1.0, "pil_tiles": 1.5}
+    [(_, counts, _, _)] = shard_jobs(tmp_path, count=300, seed=1, per_shard=300,
+                                     families=("seed", "wheezy", "pil_tiles"), weights=weights)
+    assert counts == {"seed": 50, "wheezy": 100, "pil_tiles": 150}
+    assert parse_weights(None, TRAIN_FAMILIES) is None
+
+
+@pytest.mark.parametrize("text", ["tiles=2", "seed=abc", "seed=-1", "seed", "seed=0,wheezy=0"])
+def test_bad_weights_are_refused_with_the_reason(text):
+    with pytest.raises(SystemExit, match="--weights"):
+        parse_weights(text, ("seed", "wheezy"))

@@ -448,6 +448,26 @@ def shard_jobs(out: Path, count: int, seed: int, per_shard: int = 10_000, famili
     return jobs
 
 
+def parse_weights(text: str | None, families) -> dict[str, float] | None:
+    """"seed=0.6,pil_tiles=1.4" -> a weight per family (1 where not named); None -> even."""
+    if not text:
+        return None
+    weights = {f: 1.0 for f in families}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name not in weights:
+            raise SystemExit(f"--weights: {name!r} is not one of --families ({', '.join(families)})")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--weights: {item!r} is not FAMILY=NUMBER") from None
+        if not 0 <= weights[name] < math.inf:
+            raise SystemExit(f"--weights: {item!r} needs a weight >= 0")
+    if sum(weights.values()) <= 0:
+        raise SystemExit("--weights: at least one family needs a weight above 0")
+    return weights
+
+
 def load_shards(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every finished shard in `folder` -> (x (N, H, W) uint8, y (N, 8) int8, family (N,) int8)."""
     parts = [np.load(p) for p in sorted(folder.glob("shard_*.npz")) if not p.name.endswith(".tmp.npz")]
@@ -466,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, required=True, help="shard k is drawn from seed + k")
     s.add_argument("--per-shard", type=int, default=10_000)
     s.add_argument("--families", default=",".join(TRAIN_FAMILIES))
+    s.add_argument("--weights", default=None, metavar="FAMILY=W,...",
+                   help="share of each family in every shard (default even), e.g. seed=0.6,pil_tiles=1.4; "
+                        "families not named weigh 1")
     s.add_argument("--workers", type=int, default=1)
     p = sub.add_parser("preview", help="a grid of samples of every family as one PNG")
     p.add_argument("--out", required=True)
@@ -478,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         unknown = set(families) - set(FAMILIES)
         if unknown:
             raise SystemExit(f"unknown families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
-        jobs = shard_jobs(out, args.count, args.seed, args.per_shard, families)
+        jobs = shard_jobs(out, args.count, args.seed, args.per_shard, families, parse_weights(args.weights, families))
         with Pool(args.workers) as pool:
             for line in pool.imap_unordered(_render_job, jobs):
                 print(line, flush=True)
