@@ -110,6 +110,7 @@ def test_general_trainer_exports_a_reader_served_beside_the_default(tmp_path):
     assert "full_string_accuracy" not in manifest["metrics"]  # never ranks as the default reader
     assert set(manifest["metrics"]["validation_per_family"]) >= {"seed", "multicolor", "claptcha"}
     assert manifest["training"]["chunks"][0]["samples_seen"] == 64
+    assert manifest["training"]["chunks"][0]["pool_per_family"] == {"seed": 40, "pil_warp": 24}
     assert manifest["training"]["weights_from_epoch"] >= 1
     again = json.loads(main(common + ["--init", str(first)]).read_text())
     assert [c["samples_seen"] for c in again["training"]["chunks"]] == [64, 64]

@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> Path:
                                 pool_captchas=len(x), shards=shard_count, families=list(TRAIN_FAMILIES),
                                 lengths=f"1-{MAX_LENGTH}",
                                 augmentation="random shift +-3/2 px and scale 0.93-1.07 per batch item")
-    chunk = {"samples_seen": result.samples, "seconds": result.seconds, "device": str(device)}
+    # What this chunk's pool held per family (shards may weigh families unevenly: captcha_mix --weights)
+    pool_per_family = {name: int((fam == i).sum()) for i, name in enumerate(FAMILIES) if (fam == i).any()}
+    chunk = {"samples_seen": result.samples, "seconds": result.seconds, "device": str(device),
+             "pool_per_family": pool_per_family}
     if init_manifest is not None:
         chunks = list(init_manifest.training.get("chunks", [])) or [
             {k: init_manifest.training.get(k) for k in ("samples_seen", "seconds")}]
