@@ -449,7 +449,7 @@ def shard_jobs(out: Path, count: int, seed: int, per_shard: int = 10_000, famili
 
 
 def parse_weights(text: str | None, families) -> dict[str, float] | None:
-    """"seed=0.6,pil_tiles=1.4" -> a weight per family (1 where not named); None -> even."""
+    """'seed=0.6,pil_tiles=1.4' -> a weight per family (1 where not named); None or '' -> even."""
     if not text:
         return None
     weights = {f: 1.0 for f in families}
