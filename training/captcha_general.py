@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> Path:
                                 lengths=f"1-{MAX_LENGTH}",
                                 augmentation="random shift +-3/2 px and scale 0.93-1.07 per batch item")
     # What this chunk's pool held per family (shards may weigh families unevenly: captcha_mix --weights)
-    pool_per_family = {name: int((fam == i).sum()) for i, name in enumerate(FAMILIES) if (fam == i).any()}
+    per_family = np.bincount(fam, minlength=len(FAMILIES))
+    pool_per_family = {name: int(n) for name, n in zip(FAMILIES, per_family) if n}
     chunk = {"samples_seen": result.samples, "seconds": result.seconds, "device": str(device),
              "pool_per_family": pool_per_family}
     if init_manifest is not None:
