@@ -14,6 +14,9 @@ charset, the outputs of the other characters are removed from every column and t
 (blank + allowed) renormalised before decoding; with a length N, instead of the greedy path,
 `ctc_best_path` finds the most probable single alignment that writes exactly N characters
 (a Viterbi pass over (column, characters written so far, last output)).
+
+With `test_time_shifts` in the config, the reader reads the image moved by each (dx, dy) in
+one batch and decodes the mean of the views' (constrained) log-probabilities per column.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.captcha_common import (CHARSET, NUM_CHARS, CaptchaReading, Constraints, ConvColumns, char_reading,
-                                   constraints_per_item, decode_label, init_gru)
+                                   constraints_per_item, decode_label, init_gru, shifted_views)
 from models.captcha_o0 import INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, cut_windows
 from models.ctc import BLANK, greedy_runs, text_probability  # output 0 is the blank; output k is CHARSET[k - 1]
 
@@ -48,6 +51,10 @@ class CaptchaCTCConfig:
     # Calibration: the answer's confidences come from the log-probabilities divided by this
     # (fitted on validation captchas by training/captcha_calibrate.py); the decoding ignores it.
     temperature: float = 1.0
+    # Inference only: (dx, dy) pixel shifts of the input read as one batch, their per-column
+    # log-probabilities averaged before decoding (models.captcha_common.shifted_views). Empty:
+    # the image as is. Chosen on validation per reader (the general reader gains; ctc did not).
+    test_time_shifts: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +122,13 @@ class CaptchaCTC(nn.Module):
         constraints, the o/0 glyph net's split applied; per item its runs (character, columns))."""
         for c in items:
             self.check_constraints(c)
-        log_probs = constrained_log_probs(self(x), items)  # (B, T, 37)
+        shifts = self.config.test_time_shifts
+        if shifts:
+            # (V*B, T, 37) view-major; each view constrained and renormalised, then their mean
+            views = constrained_log_probs(self(shifted_views(x, shifts)), list(items) * len(shifts))
+            log_probs = views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
+        else:
+            log_probs = constrained_log_probs(self(x), items)  # (B, T, 37)
         runs = [decode_runs(lp, c) for lp, c in zip(log_probs, items)]
         if self.o0 is not None and full is not None:
             allow = [c.allows("o") and c.allows("0") for c in items]
@@ -171,8 +184,9 @@ class CaptchaCTC(nn.Module):
     def describe(self) -> str:
         c = self.config
         glyph = "; o vs 0 decided again by a glyph CNN on the full-resolution image" if c.o0 is not None else ""
+        tta = f"; reads {len(c.test_time_shifts)} shifted copies and averages" if c.test_time_shifts else ""
         return (f"4 conv blocks ({'-'.join(map(str, c.channels))}) on {c.height}x{c.width} grey -> BiGRU "
-                f"{c.num_layers}x{c.hidden_size} over {self.conv.steps} columns -> CTC (36 + blank), greedy{glyph}")
+                f"{c.num_layers}x{c.hidden_size} over {self.conv.steps} columns -> CTC (36 + blank), greedy{tta}{glyph}")
 
 
 def greedy_collapse(best: torch.Tensor) -> list[list[int]]:

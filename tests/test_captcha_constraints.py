@@ -209,6 +209,33 @@ def test_seq2seq_masks_every_step_of_every_view_before_averaging():
     assert [r.text for r in model.read(x, constraints=Constraints(length=4))] == [r.text for r in model.read(x)]
 
 
+def test_ctc_test_time_shifts_average_the_constrained_views():
+    torch.manual_seed(0)
+    model = CaptchaCTC(CaptchaCTCConfig(hidden_size=16, **TINY)).eval()
+    x = torch.randn(3, 1, 32, 96)
+    items = [parse_constraints(charset=c) for c in ("digits", "xyz", "alnum")]
+    plain = [r.text for r in model.read(x)]
+    model.config.test_time_shifts = [[0, 0]]
+    assert [r.text for r in model.read(x)] == plain  # one unshifted view reads as no views
+    shifts = [[0, 0], [-2, 0], [2, 0], [0, -1], [0, 1]]
+    model.config.test_time_shifts = shifts
+    with torch.inference_mode():
+        from models.captcha_common import shifted_views
+        logits = model(shifted_views(x, shifts))  # (5*3, 24, 37)
+    views = constrained_log_probs(logits, items * 5).view(5, 3, 24, 37)
+    expected = views.mean(0).log_softmax(-1)  # (3, 24, 37)
+    log_probs, runs = model.answer(x, None, items)
+    torch.testing.assert_close(log_probs, expected)
+    assert torch.isinf(log_probs[0, :, 11:]).all()  # digits only: every letter at probability 0
+    readings = model.read(x, constraints=items)
+    assert [r.text for r in readings] == [r.text for r in read_ctc(expected, [greedy_runs(row) for row in
+                                                                              expected.argmax(-1).tolist()])]
+    assert set(readings[0].text) <= DIGITS and set(readings[1].text) <= set("xyz")
+    exact = model.read(x, constraints=[Constraints(length=6)] * 3)
+    assert all(len(r.text) == 6 for r in exact)
+    assert "reads 5 shifted copies" in model.describe()
+
+
 # --- the committed readers on real captchas -------------------------------------------------
 
 def post(client, image: Image.Image, **params):

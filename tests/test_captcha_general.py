@@ -171,3 +171,53 @@ def test_the_committed_general_reader_reads_styles_the_seed_reader_cannot(client
             right[model] += body["text"] == text.lower()
     assert right["general"] >= 0.4 * len(items), right
     assert right["ctc"] <= 0.15 * len(items), right
+
+
+def test_test_time_shifts_are_chosen_on_validation_as_the_service_reads(tmp_path):
+    """training.captcha_shifts: each candidate's figures are what the reader answers with those
+    shifts; --write stores the best and re-reads the manifest's validation; a fine-tune from a
+    reader with shifts goes without them (they were chosen for the start reader's styles)."""
+    import shutil
+
+    from training import captcha as captcha_cli
+    from training.captcha_general import family_figures, validation_sets
+    from training.captcha_shifts import main as choose
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(WEIGHTS_DIR / f"captcha_general{suffix}", tmp_path / f"captcha_general{suffix}")
+    path = tmp_path / "captcha_general.json"
+    data = json.loads(path.read_text())
+    data["architecture"]["test_time_shifts"] = []
+    data["metrics"]["validation_per_family_count"] = 10
+    path.write_text(json.dumps(data))
+    candidates = {"0,0": [], "0,0;0,-1;0,1": [[0, 0], [0, -1], [0, 1]]}
+    val = tmp_path / "val"
+    result = choose([str(path), "--count", "20", "--val-dir", str(val), "--candidates", "|".join(candidates),
+                     "--threads", "1", "--write"])
+    model, _ = load_checkpoint(path)
+    sets = validation_sets(val, 20)
+    assert set(result["figures"]) == set(candidates)
+    for name, shifts in candidates.items():
+        model.config.test_time_shifts = shifts
+        served = family_figures(model, sets, torch.device("cpu"))
+        assert result["figures"][name] == {f: served[f]["full_string_accuracy"] for f in served}, name
+
+    written = json.loads(path.read_text())
+    chosen = candidates[result["best"]]
+    assert written["architecture"]["test_time_shifts"] == chosen
+    assert written["metrics"]["test_time_shifts"]["chosen"] == result["best"]
+    assert ("reads 3 shifted copies" in written["description"]) == bool(chosen)
+    model, _ = load_checkpoint(path)
+    assert model.config.test_time_shifts == chosen
+    assert written["metrics"]["validation_per_family"] == family_figures(model, validation_sets(val, 10),
+                                                                         torch.device("cpu"))
+
+    written["architecture"]["test_time_shifts"] = [[0, 0], [0, -1], [0, 1]]
+    path.write_text(json.dumps(written))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, (text, image) in enumerate(seed_captchas(60, seed=33)):
+        image.save(folder / f"{text}_{i:03d}.png")
+    tuned = captcha_cli.main(["finetune", "--folder", str(folder), "--name", "mine", "--minutes", "0.05", "--init",
+                              str(path), "--out", str(tmp_path / "out"), "--threads", "1", "--no-progress"])
+    assert json.loads(tuned.read_text())["architecture"]["test_time_shifts"] == []

@@ -48,7 +48,13 @@ def calibration_set(model, manifest, count: int, lengths=(4, 6)) -> dict[str, tu
             truth.append(text.lower())
         x = torch.cat(xs)
         full = torch.cat(fulls) if fulls[0] is not None else None
-        log_probs, runs = model.answer(x, full, [NO_CONSTRAINTS] * len(xs))
+        log_probs, runs = [], []
+        for i in range(0, len(x), 250):  # in batches: a reader with test-time shifts reads each image V times
+            part = slice(i, i + 250)
+            lp, r = model.answer(x[part], None if full is None else full[part], [NO_CONSTRAINTS] * len(x[part]))
+            log_probs.append(lp)
+            runs += r
+        log_probs = torch.cat(log_probs)
         answers = [[k for k, _ in item] for item in runs]
         right = ["".join(CHARSET[i] for i in a) == t for a, t in zip(answers, truth)]
         sets[family] = (log_probs, answers, right)

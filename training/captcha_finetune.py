@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"--init {args.init}: fine-tuning starts from a CTC captcha reader, not "
                          f"{init_manifest.task}/{init_manifest.variant}")
     # The o/0 glyph net is fitted to the seed's generator: a fine-tuned reader goes without it.
-    config = replace(init_model.config, o0=None)
+    # Test-time shifts were chosen on the start reader's validation, not on this style: none.
+    config = replace(init_model.config, o0=None, test_time_shifts=[])
     model = CaptchaCTC(config).to(device)
     if not args.scratch:
         model.load_state_dict({k: v for k, v in init_model.state_dict().items() if not k.startswith("o0.")})
