@@ -201,6 +201,13 @@ def shifted_views(x: torch.Tensor, shifts: list[list[int]] | list[tuple[int, int
     return torch.cat([padded[..., py - dy:py - dy + h, px - dx:px - dx + w] for dx, dy in shifts])
 
 
+def mean_of_views(log_probs: torch.Tensor, batch: int) -> torch.Tensor:
+    """(V*B, ...) view-major log-probabilities (`shifted_views` order) -> (B, ...): the views'
+    mean, renormalised over the last axis."""
+    views = len(log_probs) // batch
+    return log_probs if views == 1 else log_probs.view(views, batch, *log_probs.shape[1:]).mean(0).log_softmax(-1)
+
+
 def init_gru(gru: nn.Module) -> None:
     # Orthogonal recurrent weights per gate keep the state's norm over the columns.
     hidden = gru.hidden_size

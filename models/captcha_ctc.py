@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.captcha_common import (CHARSET, NUM_CHARS, CaptchaReading, Constraints, ConvColumns, char_reading,
-                                   constraints_per_item, decode_label, init_gru, shifted_views)
+                                   constraints_per_item, decode_label, init_gru, mean_of_views, shifted_views)
 from models.captcha_o0 import INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, cut_windows
 from models.ctc import BLANK, greedy_runs, text_probability  # output 0 is the blank; output k is CHARSET[k - 1]
 
@@ -123,12 +123,9 @@ class CaptchaCTC(nn.Module):
         for c in items:
             self.check_constraints(c)
         shifts = self.config.test_time_shifts
-        if shifts:
-            # (V*B, T, 37) view-major; each view constrained and renormalised, then their mean
-            views = constrained_log_probs(self(shifted_views(x, shifts)), list(items) * len(shifts))
-            log_probs = views.view(len(shifts), x.shape[0], *views.shape[1:]).mean(0).log_softmax(-1)
-        else:
-            log_probs = constrained_log_probs(self(x), items)  # (B, T, 37)
+        views = shifted_views(x, shifts) if shifts else x  # (V*B, 1, H, W), view-major
+        # each view constrained and renormalised, then their mean: (B, T, 37)
+        log_probs = mean_of_views(constrained_log_probs(self(views), list(items) * max(1, len(shifts))), x.shape[0])
         runs = [decode_runs(lp, c) for lp, c in zip(log_probs, items)]
         if self.o0 is not None and full is not None:
             allow = [c.allows("o") and c.allows("0") for c in items]

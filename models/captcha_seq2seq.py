@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.captcha_common import (CAPTCHA_LENGTH, NUM_CHARS, CaptchaReading, Constraints, ConvColumns, char_reading,
-                                   constraints_per_item, decode_label, init_gru, shifted_views)
+                                   constraints_per_item, decode_label, init_gru, mean_of_views, shifted_views)
 from models.captcha_o0 import (INDEX_O, INDEX_ZERO, O0GlyphConfig, O0GlyphNet, attention_centres, cut_windows,
                                mix_o0)
 
@@ -189,8 +189,7 @@ class CaptchaSeq2Seq(nn.Module):
         and renormalised, then the views' mean renormalised."""
         views = len(logits) // batch
         repeat = None if allowed is None else allowed.repeat(views, *[1] * (allowed.dim() - 1))
-        lp = mask_logits(logits.float(), repeat).log_softmax(-1)
-        return lp if views == 1 else lp.view(views, batch, *lp.shape[1:]).mean(0).log_softmax(-1)
+        return mean_of_views(mask_logits(logits.float(), repeat).log_softmax(-1), batch)
 
     def plain_attention(self, x: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor | None:
         """`view_logits`' attention (V*B, S, T) -> the unshifted image's (B, S, T)."""

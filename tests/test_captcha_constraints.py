@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.inference import prepare_image
 from app.routers.captcha import captcha_batch
-from models.captcha_common import CHARSET, Constraints, parse_constraints
+from models.captcha_common import CHARSET, Constraints, parse_constraints, shifted_views
 from models.captcha_ctc import (BLANK, CaptchaCTC, CaptchaCTCConfig, constrained_log_probs, ctc_best_path,
                                 decode_runs, greedy_runs, read_ctc)
 from models.captcha_o0 import INDEX_O, O0GlyphConfig
@@ -220,7 +220,6 @@ def test_ctc_test_time_shifts_average_the_constrained_views():
     shifts = [[0, 0], [-2, 0], [2, 0], [0, -1], [0, 1]]
     model.config.test_time_shifts = shifts
     with torch.inference_mode():
-        from models.captcha_common import shifted_views
         logits = model(shifted_views(x, shifts))  # (5*3, 24, 37)
     views = constrained_log_probs(logits, items * 5).view(5, 3, 24, 37)
     expected = views.mean(0).log_softmax(-1)  # (3, 24, 37)

@@ -7,7 +7,8 @@ service does (models/captcha_ctc.py), and print each set's full string per famil
     python -m training.captcha_shifts models/weights/captcha_general.json --count 1000 --write    # and store it
 
 `--write` stores the set with the best mean over the mix's training families (the held-out ones
-are never used to choose; of sets within `--margin` of the best, the one with the fewest views) as `architecture.test_time_shifts`, every candidate's figures under
+are never used to choose; of the sets within `--margin` of the best, the one with the fewest
+views) as `architecture.test_time_shifts`, every candidate's figures under
 `metrics.test_time_shifts`, and reads the manifest's own validation figures
 (`metrics.validation_per_family`, its count) again as the reader now answers. Calibrate after
 (training/captcha_calibrate.py): the averaged views are surer than one view.
@@ -19,14 +20,12 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.captcha_common import score_texts, shifted_views
 from models.checkpoint import load_checkpoint
 from models.preprocess import to_captcha_tensor
-from training.captcha_general import family_figures, validation_sets
-from training.captcha_mix import TRAIN_FAMILIES
+from training.captcha_general import family_figures, mix_mean, validation_sets
 
 # Compared on the general reader's 1,000 validation captchas per family (2026-12-07): a 2 px
 # move is half of a 4 px column and blurs the averaged columns; 1 px moves and vertical ones help.
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, manifest = load_checkpoint(args.manifest, torch.device("cpu"))
     model.eval()
     figures = candidate_figures(model, validation_sets(Path(args.val_dir), args.count), args.candidates)
-    means = {name: round(float(np.mean([f[k] for k in TRAIN_FAMILIES])), 5) for name, f in figures.items()}
+    means = {name: mix_mean(f) for name, f in figures.items()}
     for name, f in figures.items():
         print(f"{name:10s} mix {means[name]:.2%} | " + " ".join(f"{k} {v:.1%}" for k, v in f.items()), flush=True)
     # The fewest views within --margin of the best mean: each view costs a forward pass per request.
@@ -106,8 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             count = metrics.get("validation_per_family_count", args.count)
             again = family_figures(model, validation_sets(Path(args.val_dir), count), torch.device("cpu"))
             metrics["validation_per_family"] = again
-            metrics["mix_full_string_accuracy"] = round(float(np.mean([again[k]["full_string_accuracy"]
-                                                                       for k in TRAIN_FAMILIES])), 5)
+            metrics["mix_full_string_accuracy"] = mix_mean({f: v["full_string_accuracy"] for f, v in again.items()})
             print(f"validation ({count} per family) as served: mix {metrics['mix_full_string_accuracy']:.2%}")
         path.write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {path}")
