@@ -152,6 +152,7 @@ def main() -> None:
             figures["wall_minutes"] = round(seconds / 60, 2)
             figures["samples_seen"] = manifest.training["samples_seen"]
             figures["precision"] = manifest.training["precision"]
+            figures["views"] = len(model.config.test_time_shifts) or 1  # chosen on its own held-out 20%
             row[key] = figures
         texts, ms = ddddocr_texts(images)
         row["ddddocr"] = {**with_i_and_l(accuracy(texts, truth), texts), "ms_per_image": round(ms, 1)}

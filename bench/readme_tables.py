@@ -452,8 +452,9 @@ def render_finetune() -> str:
             return f"{row[k]['full_string_accuracy']:.1%} ({row[k]['char_accuracy']:.1%})" if k in row else "-"
 
         def minutes(k):
-            bf16 = " (bf16)" if row.get(k, {}).get("precision", "fp32").startswith("bf16") else ""
-            return f"{row[k]['minutes']:.1f}{bf16}" if k in row else "-"
+            notes = (["bf16"] if row.get(k, {}).get("precision", "fp32").startswith("bf16") else []) + \
+                ([f"reads {row[k]['views']} views"] if row.get(k, {}).get("views", 1) > 1 else [])
+            return f"{row[k]['minutes']:.1f}" + (f" ({', '.join(notes)})" if notes else "") if k in row else "-"
         runs = [k for k in ("finetuned", "finetuned_from_general", "scratch", "ddddocr") if k in row]
         best = max(runs, key=lambda k: row[k]["full_string_accuracy"])
         cells = {k: (f"**{cell(k)}**" if k == best else cell(k))

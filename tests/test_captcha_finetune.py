@@ -78,15 +78,28 @@ def test_a_finetuned_reader_is_served_without_a_restart_and_answers_as_in_traini
         (models / f"captcha_ctc{suffix}").symlink_to(WEIGHTS_DIR / f"captcha_ctc{suffix}")
     folder = tmp_path / "mine"
     items = write_captchas(folder, 60, seed=5, length=5)
+    # The start reader reads three shifted views; --views start passes them on, so the parity
+    # below holds for a reader that averages views too.
+    start = tmp_path / "start"
+    start.mkdir()
+    shifts = [[0, 0], [0, -1], [0, 1]]
+    start_manifest = json.loads((WEIGHTS_DIR / "captcha_ctc.json").read_text())
+    start_manifest["architecture"]["test_time_shifts"] = shifts
+    (start / "captcha_ctc.json").write_text(json.dumps(start_manifest))
+    (start / "captcha_ctc.safetensors").symlink_to(WEIGHTS_DIR / "captcha_ctc.safetensors")
 
     app = create_app(Settings(models_dir=models, device="cpu", models_watch_s=0.2))
     with TestClient(app) as client:
         assert "five" not in client.get("/readyz").json()["models"]["captcha"]
         # trained with a bf16 forward pass; evaluated and served in fp32 all the same
         json_path = finetune("--folder", str(folder), "--name", "five", "--minutes", "0.1", "--out", str(models),
-                             "--precision", "bf16")
+                             "--precision", "bf16", "--init", str(start / "captcha_ctc.json"), "--views", "start")
         assert json_path == models / "captcha_five.json"
-        assert json.loads(json_path.read_text())["training"]["precision"].startswith("bf16")
+        written = json.loads(json_path.read_text())
+        assert written["training"]["precision"].startswith("bf16")
+        assert written["architecture"]["test_time_shifts"] == shifts
+        assert written["metrics"]["test_time_shifts"]["chosen"] == shifts
+        assert written["metrics"]["full_string_accuracy"] == written["metrics"]["test_time_shifts"]["views_full_string_accuracy"]
         deadline = time.monotonic() + 15
         while "five" not in client.get("/readyz").json()["models"]["captcha"] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -161,3 +174,35 @@ def test_a_reader_of_your_own_captchas_never_becomes_the_default(tmp_path):
         path, _ = items[0]
         body = client.post("/predict/captcha", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
         assert body["model"] == "ctc" and len(body["text"]) == 6
+
+
+def test_the_start_readers_views_are_kept_only_when_they_read_the_held_out_captchas_as_well():
+    import torch
+
+    from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
+    from training.captcha_finetune import choose_views, read_texts
+
+    torch.manual_seed(0)
+    model = CaptchaCTC(CaptchaCTCConfig()).eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (40, model.config.height, model.config.width), np.uint8)
+    shifts = [[0, 0], [3, 0], [-3, 0], [0, 2]]
+    one = read_texts(model, pixels, "cpu")
+    model.config.test_time_shifts = shifts
+    many = read_texts(model, pixels, "cpu")
+    model.config.test_time_shifts = []
+    assert one != many  # the views change some readings, so the held-out figures can tell them apart
+
+    # Truth as the views read: auto keeps them; the model is left reading them.
+    texts, figures, note = choose_views(model, pixels, many, "cpu", None, shifts)
+    assert texts == many and figures["full_string_accuracy"] == 1.0
+    assert model.config.test_time_shifts == shifts == note["chosen"]
+    assert note["one_view_full_string_accuracy"] < note["views_full_string_accuracy"] == 1.0
+    # Truth as one view reads: auto drops them.
+    texts, figures, note = choose_views(model, pixels, one, "cpu", None, shifts)
+    assert texts == one and model.config.test_time_shifts == [] == note["chosen"]
+    # --views start / none decide whatever the figures; no shifts to start with: nothing to choose.
+    assert choose_views(model, pixels, one, "cpu", None, shifts, "start")[0] == many
+    assert model.config.test_time_shifts == shifts
+    texts, _, note = choose_views(model, pixels, many, "cpu", None, shifts, "none")
+    assert texts == one and model.config.test_time_shifts == [] == note["chosen"]
+    assert choose_views(model, pixels, one, "cpu", None, [])[2] is None

@@ -139,6 +139,34 @@ def read_texts(model: CaptchaCTC, pixels: np.ndarray, device, answers: str | Non
     return texts
 
 
+def choose_views(model: CaptchaCTC, pixels: np.ndarray, truth: list[str], device, answers: str | None,
+                 start_shifts: list[list[int]], mode: str = "auto") -> tuple[list[str], dict, dict | None]:
+    """Read the held-out images (uint8 (N, H, W)) with one view and, when the start reader had
+    test-time shifts, with those too; leave `model.config.test_time_shifts` as chosen: in "auto"
+    the shifts are kept unless they read fewer held-out captchas right (V views cost V forward
+    passes per image), "start" keeps them, "none" drops them. Returns (texts, figures, a note
+    for the manifest or None when there was nothing to choose)."""
+    model.config.test_time_shifts = []
+    one_texts = read_texts(model, pixels, device, answers)
+    one = accuracy(one_texts, truth)
+    if not start_shifts or mode == "none":
+        return one_texts, one, ({"chosen": [], "mode": mode, "note": "one view (--views none)"}
+                                if start_shifts else None)
+    model.config.test_time_shifts = [list(s) for s in start_shifts]
+    many_texts = read_texts(model, pixels, device, answers)
+    many = accuracy(many_texts, truth)
+    keep = mode == "start" or many["full_string_accuracy"] >= one["full_string_accuracy"]
+    if not keep:
+        model.config.test_time_shifts = []
+    note = (f"{len(start_shifts)} shifted views {many['full_string_accuracy']:.2%} vs one view "
+            f"{one['full_string_accuracy']:.2%} on the held-out captchas: "
+            f"{'kept the views' if keep else 'one view'} ({mode})")
+    figures = {"chosen": model.config.test_time_shifts, "mode": mode, "note": note,
+               "one_view_full_string_accuracy": one["full_string_accuracy"],
+               "views_full_string_accuracy": many["full_string_accuracy"]}
+    return (many_texts, many, figures) if keep else (one_texts, one, figures)
+
+
 def accuracy(predicted: list[str], truth: list[str]) -> dict:
     """Full string, and per character as 1 - edit distance / length (models.captcha_common.score_texts)."""
     return {k: round(v, 5) for k, v in score_texts(predicted, truth).items()}
@@ -171,6 +199,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="start from random weights of --init's architecture instead (for comparison)")
     parser.add_argument("--charset", help="the characters labels may use (default: those the labels use)")
     parser.add_argument("--holdout", type=float, default=0.2, help="share of the images held out")
+    parser.add_argument("--views", choices=["auto", "start", "none"], default="auto",
+                        help="the start reader's test-time shifted views: keep them unless they read the held-out "
+                             "captchas worse (auto), always (start) or never (none)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -202,7 +233,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"--init {args.init}: fine-tuning starts from a CTC captcha reader, not "
                          f"{init_manifest.task}/{init_manifest.variant}")
     # The o/0 glyph net is fitted to the seed's generator: a fine-tuned reader goes without it.
-    # Test-time shifts were chosen on the start reader's validation, not on this style: none.
+    # Test-time shifts were chosen on the start reader's validation, not on this style: training
+    # and its per-epoch figures read one view; choose_views decides at the end.
+    start_shifts = [list(s) for s in init_model.config.test_time_shifts]
     config = replace(init_model.config, o0=None, test_time_shifts=[])
     model = CaptchaCTC(config).to(device)
     if not args.scratch:
@@ -243,17 +276,20 @@ def main(argv: list[str] | None = None) -> Path:
 
     started = time.perf_counter()
     result = fit(model, source, ctc_loss, settings=settings, evaluate=evaluate, log=lambda line: print(line, flush=True))
-    predicted = read_texts(model, pixels[test_idx], device, answers)
-    after = accuracy(predicted, test_truth)
+    predicted, after, views = choose_views(model, pixels[test_idx], test_truth, device, answers, start_shifts,
+                                           args.views)
     minutes = (time.perf_counter() - started) / 60
     print(f"held out, after {minutes:.1f} min: {after['full_string_accuracy']:.2%} full string, "
           f"{after['char_accuracy']:.2%} per character ({len(test_idx)} captchas)", flush=True)
+    if views:
+        print(f"test-time views: {views['note']}", flush=True)
 
     name = f"captcha_{args.name}"
     input_contract = {k: v for k, v in init_manifest.input.items() if k != "full_resolution"}
     metrics = {**after, "holdout_samples": len(test_idx), "holdout_before_full_string_accuracy":
                before["full_string_accuracy"],
-               "holdout_errors": [f"{t}->{p}" for t, p in zip(test_truth, predicted) if t != p][:50]}
+               "holdout_errors": [f"{t}->{p}" for t, p in zip(test_truth, predicted) if t != p][:50],
+               **({"test_time_shifts": views} if views else {})}
     training = training_section(result, settings, seed=args.seed, batch_size=source.order.batch_size, device=device,
                                 folder=str(Path(args.folder).resolve().name), train_samples=len(train_idx),
                                 label_lengths=lengths,
