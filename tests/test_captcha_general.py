@@ -176,7 +176,7 @@ def test_the_committed_general_reader_reads_styles_the_seed_reader_cannot(client
 def test_test_time_shifts_are_chosen_on_validation_as_the_service_reads(tmp_path):
     """training.captcha_shifts: each candidate's figures are what the reader answers with those
     shifts; --write stores the best and re-reads the manifest's validation; a fine-tune from a
-    reader with shifts goes without them (they were chosen for the start reader's styles)."""
+    reader with shifts keeps them only if they read its held-out captchas as well as one view."""
     import shutil
 
     from training import captcha as captcha_cli
@@ -220,4 +220,76 @@ def test_test_time_shifts_are_chosen_on_validation_as_the_service_reads(tmp_path
         image.save(folder / f"{text}_{i:03d}.png")
     tuned = captcha_cli.main(["finetune", "--folder", str(folder), "--name", "mine", "--minutes", "0.05", "--init",
                               str(path), "--out", str(tmp_path / "out"), "--threads", "1", "--no-progress"])
-    assert json.loads(tuned.read_text())["architecture"]["test_time_shifts"] == []
+    tuned = json.loads(tuned.read_text())
+    views = tuned["metrics"]["test_time_shifts"]
+    kept = views["views_full_string_accuracy"] >= views["one_view_full_string_accuracy"]
+    assert tuned["architecture"]["test_time_shifts"] == views["chosen"] == ([[0, 0], [0, -1], [0, 1]] if kept else [])
+
+
+def test_precise_bn_statistics_are_the_plain_mean_over_the_images():
+    """training.captcha_bn.precise_bn: each BatchNorm's running mean is the mean of its inputs
+    over all the images, its variance the mean of the batches' unbiased variances."""
+    from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
+    from models.preprocess import to_captcha_tensor
+    from training.captcha_bn import precise_bn
+
+    torch.manual_seed(0)
+    model = CaptchaCTC(CaptchaCTCConfig(height=48, width=160)).eval()
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    pixels = np.random.default_rng(0).integers(0, 256, (96 + 7, 48, 160), np.uint8)  # 3 batches of 32, 7 left over
+    inputs = []
+    hook = norm.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    with torch.no_grad():
+        for i in range(0, 96, 32):
+            model(to_captcha_tensor(pixels[i:i + 32]))
+    hook.remove()
+    precise_bn(model, pixels, batch_size=32)
+    assert not model.training and norm.momentum == 0.1
+    means = torch.stack([b.mean((0, 2, 3)) for b in inputs])  # (3, C)
+    variances = torch.stack([b.transpose(0, 1).flatten(1).var(1) for b in inputs])
+    torch.testing.assert_close(norm.running_mean, means.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, variances.mean(0), rtol=1e-4, atol=1e-5)
+    assert norm.num_batches_tracked == 3
+
+
+def test_precise_bn_is_written_only_when_validation_reads_better(tmp_path):
+    """training.captcha_bn: a reader whose statistics are off gets them re-estimated and written
+    (only the statistics move; the manifest's validation is what it now answers); run again on
+    the same images, nothing reads better and the files stay as they are."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from training.captcha_bn import main as recalibrate
+    from training.captcha_general import family_figures, validation_sets
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(WEIGHTS_DIR / f"captcha_general{suffix}", tmp_path / f"captcha_general{suffix}")
+    path = tmp_path / "captcha_general.json"
+    data = json.loads(path.read_text())
+    data["metrics"]["validation_per_family_count"] = 12
+    path.write_text(json.dumps(data))
+    weights = tmp_path / "captcha_general.safetensors"
+    state = load_file(str(weights))  # statistics well off: the variances 9x, the means moved
+    save_file({k: v * 9 if k.endswith("running_var") else v + 0.5 if k.endswith("running_mean") else v
+               for k, v in state.items()}, str(weights))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    render_shard(shards / "shard_000001.npz", {"seed": 40, "pil_lines": 40, "wheezy": 40}, seed=5)
+    val = tmp_path / "val"
+    original = {k: v.clone() for k, v in load_checkpoint(path)[0].state_dict().items()}
+    args = [str(path), "--shards", str(shards), "--images", "96", "--batch-size", "32", "--val-dir", str(val),
+            "--threads", "1", "--write"]
+    result = recalibrate(args)
+    assert result["kept"] and result["means"]["after"] > result["means"]["before"]
+    model, manifest = load_checkpoint(path)
+    assert manifest.storage == "float16" and manifest.training["precise_bn"]["images"] == 96
+    assert manifest.training["precise_bn"]["mix_full_string_accuracy_after"] == result["means"]["after"]
+    assert manifest.metrics["validation_per_family"] == result["after"] == family_figures(
+        model, validation_sets(val, 12), torch.device("cpu"))
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, original[k])}
+    assert moved and all("running_" in k or "num_batches" in k for k in moved)  # only the statistics
+
+    written = path.read_bytes(), weights.read_bytes()
+    again = recalibrate(args)
+    assert not again["kept"] and (path.read_bytes(), weights.read_bytes()) == written
