@@ -206,3 +206,33 @@ def test_the_start_readers_views_are_kept_only_when_they_read_the_held_out_captc
     texts, _, note = choose_views(model, pixels, many, "cpu", None, shifts, "none")
     assert texts == one and model.config.test_time_shifts == [] == note["chosen"]
     assert choose_views(model, pixels, one, "cpu", None, [])[2] is None
+
+
+def test_batchnorm_statistics_are_re_estimated_unless_the_held_out_captchas_read_worse():
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.preprocess import captcha_pixels
+    from training.captcha_finetune import accuracy, choose_statistics, read_texts
+
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "captcha_ctc.json")
+    size = (manifest.input["height"], manifest.input["width"])
+    gen = CaptchaGenerator(21)
+    items = [gen.sample() for _ in range(64 + 32)]
+    pixels = np.stack([captcha_pixels(image, *size) for _, image in items])
+    truth = [text.lower() for text, _ in items[64:]]
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # Statistics from training images of one kind: kept or not as the held-out figures say.
+    note = choose_statistics(model, pixels[:64], pixels[64:], truth, "cpu", None)
+    assert note["holdout_full_string_accuracy_before"] == accuracy(
+        read_texts(load_checkpoint(WEIGHTS_DIR / "captcha_ctc.json")[0], pixels[64:], "cpu"), truth)["full_string_accuracy"]
+    moved = any(not torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    assert note["kept"] == (note["holdout_full_string_accuracy_after"] >= note["holdout_full_string_accuracy_before"])
+    assert moved == note["kept"]
+    # Statistics from blank images read the held-out captchas worse: the trained ones stay.
+    model.load_state_dict(trained)
+    blank = np.full((64, *size), 255, np.uint8)
+    note = choose_statistics(model, blank, pixels[64:], truth, "cpu", None)
+    assert not note["kept"] and note["holdout_full_string_accuracy_after"] < note["holdout_full_string_accuracy_before"]
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())

@@ -231,7 +231,7 @@ def test_precise_bn_statistics_are_the_plain_mean_over_the_images():
     over all the images, its variance the mean of the batches' unbiased variances."""
     from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
     from models.preprocess import to_captcha_tensor
-    from training.captcha_bn import precise_bn
+    from training.captcha_lib import precise_bn
 
     torch.manual_seed(0)
     model = CaptchaCTC(CaptchaCTCConfig(height=48, width=160)).eval()

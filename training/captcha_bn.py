@@ -23,30 +23,10 @@ import torch
 from torch import nn
 
 from models.checkpoint import STORAGE, load_checkpoint
-from models.preprocess import to_captcha_tensor
 from training.captcha_general import VAL_PER_FAMILY, family_figures, mix_mean, validation_sets
+from training.captcha_lib import precise_bn
 from training.captcha_mix import load_shards
 from training.export import export
-
-
-@torch.no_grad()
-def precise_bn(model: nn.Module, pixels: np.ndarray, batch_size: int = 64) -> None:
-    """Replace every BatchNorm's running statistics by their mean over `pixels` (uint8 (N, H, W),
-    read in order, un-augmented, in batches of `batch_size`; a last short batch is dropped so every
-    batch weighs the same); the model is left in eval mode with its momenta as they were."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches, not a moving one
-    model.train()
-    try:
-        for i in range(0, len(pixels) - batch_size + 1, batch_size):
-            model(to_captcha_tensor(pixels[i:i + batch_size]))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.eval()
 
 
 def rounded_to_storage(model: nn.Module, storage: str | None) -> None:
