@@ -226,30 +226,36 @@ def test_test_time_shifts_are_chosen_on_validation_as_the_service_reads(tmp_path
     assert tuned["architecture"]["test_time_shifts"] == views["chosen"] == ([[0, 0], [0, -1], [0, 1]] if kept else [])
 
 
-def test_precise_bn_statistics_are_the_plain_mean_over_the_images():
-    """training.captcha_bn.precise_bn: each BatchNorm's running mean is the mean of its inputs
-    over all the images, its variance the mean of the batches' unbiased variances."""
-    from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
-    from models.preprocess import to_captcha_tensor
-    from training.captcha_lib import precise_bn
+def test_precise_bn_statistics_are_the_plain_mean_over_the_batches():
+    """training.common.precise_bn: each BatchNorm the batches reach gets as running mean the mean
+    of its inputs over all of them, as variance the mean of the batches' unbiased variances; the
+    o/0 glyph net, which the reader's forward pass never reaches, keeps its statistics."""
+    from training.captcha_lib import pixel_batches
+    from training.common import precise_bn
 
-    torch.manual_seed(0)
-    model = CaptchaCTC(CaptchaCTCConfig(height=48, width=160)).eval()
+    model, manifest = load_checkpoint(WEIGHTS_DIR / "captcha_ctc.json")
+    assert model.o0 is not None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    pixels = np.random.default_rng(0).integers(0, 256, (96 + 7, 48, 160), np.uint8)  # 3 batches of 32, 7 left over
+    size = (manifest.input["height"], manifest.input["width"])
+    pixels = np.random.default_rng(0).integers(0, 256, (96 + 7, *size), np.uint8)  # 3 batches of 32, 7 left out
     inputs = []
-    hook = norm.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    hook = norm.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
     with torch.no_grad():
-        for i in range(0, 96, 32):
-            model(to_captcha_tensor(pixels[i:i + 32]))
+        for x in pixel_batches(pixels, 32):
+            model(x)
     hook.remove()
-    precise_bn(model, pixels, batch_size=32)
+    assert len(inputs) == 3
+    precise_bn(model, pixel_batches(pixels, 32))
     assert not model.training and norm.momentum == 0.1
     means = torch.stack([b.mean((0, 2, 3)) for b in inputs])  # (3, C)
     variances = torch.stack([b.transpose(0, 1).flatten(1).var(1) for b in inputs])
     torch.testing.assert_close(norm.running_mean, means.mean(0), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(norm.running_var, variances.mean(0), rtol=1e-4, atol=1e-5)
     assert norm.num_batches_tracked == 3
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("o0."))
+    assert not all(torch.equal(after[k], v) for k, v in before.items() if "running_mean" in k)
 
 
 def test_precise_bn_is_written_only_when_validation_reads_better(tmp_path):

@@ -24,8 +24,9 @@ from torch import nn
 
 from models.checkpoint import STORAGE, load_checkpoint
 from training.captcha_general import VAL_PER_FAMILY, family_figures, mix_mean, validation_sets
-from training.captcha_lib import precise_bn
+from training.captcha_lib import pixel_batches
 from training.captcha_mix import load_shards
+from training.common import precise_bn
 from training.export import export
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     x, _, _ = load_shards(Path(args.shards))
     rng = np.random.default_rng(args.seed)
     pixels = x[np.sort(rng.choice(len(x), min(args.images, len(x)), replace=False))]
-    precise_bn(model, pixels, args.batch_size)
+    precise_bn(model, pixel_batches(pixels, args.batch_size))
     rounded_to_storage(model, manifest.storage)
     after = family_figures(model, sets, torch.device("cpu"))
 

@@ -32,8 +32,8 @@ from models.checkpoint import load_checkpoint
 from models.device import resolve_device
 from models.preprocess import captcha_pixels, to_captcha_tensor
 from training.captcha_data import IMAGE_EXTS, label_from_filename
-from training.captcha_lib import precise_bn, random_shift
-from training.common import REPO_ROOT, seed_everything
+from training.captcha_lib import pixel_batches, random_shift
+from training.common import REPO_ROOT, precise_bn, seed_everything
 from training.export import build_manifest, export, training_section
 from training.loop import PRECISIONS, Budget, FitSettings, OneCycle, Shuffled, ShuffledSource, fit
 
@@ -142,11 +142,11 @@ def read_texts(model: CaptchaCTC, pixels: np.ndarray, device, answers: str | Non
 def choose_statistics(model: CaptchaCTC, train_pixels: np.ndarray, held_pixels: np.ndarray, truth: list[str],
                       device, answers: str | None) -> dict:
     """Re-estimate the BatchNorm statistics as a plain mean over the training images, un-augmented
-    (training.captcha_bn.precise_bn), and keep them unless the held-out images (one view) read
+    (training.common.precise_bn), and keep them unless the held-out images (one view) read
     worse; training's moving averages saw only its last, shifted and scaled, batches."""
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     old = accuracy(read_texts(model, held_pixels, device, answers), truth)["full_string_accuracy"]
-    precise_bn(model, train_pixels, batch_size=min(64, len(train_pixels)))
+    precise_bn(model, pixel_batches(train_pixels, min(64, len(train_pixels)), next(model.parameters()).device))
     new = accuracy(read_texts(model, held_pixels, device, answers), truth)["full_string_accuracy"]
     keep = new >= old
     if not keep:

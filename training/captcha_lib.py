@@ -226,22 +226,8 @@ def test_metrics(test: dict, samples: int, seed: int | None = None) -> dict:
             "test_errors": [f"{t}->{p}" for t, p in test["errors"][:50]]}
 
 
-@torch.no_grad()
-def precise_bn(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 64) -> None:
-    """Replace every BatchNorm's running statistics by their mean over `pixels` (uint8 (N, H, W),
-    read in order, un-augmented, in batches of `batch_size`; a last short batch is dropped so every
-    batch weighs the same); the model is left in eval mode with its momenta as they were."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches, not a moving one
-    device = next(model.parameters()).device
-    model.train()
-    try:
-        for i in range(0, len(pixels) - batch_size + 1, batch_size):
-            model(to_captcha_tensor(pixels[i:i + batch_size]).to(device))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.eval()
+def pixel_batches(pixels: np.ndarray, batch_size: int, device: torch.device | str = "cpu"):
+    """uint8 (N, H, W) reader pixels -> (batch_size, 1, H, W) tensors in order, un-augmented; a
+    last short batch is left out (for training.common.precise_bn: every batch weighs the same)."""
+    for i in range(0, len(pixels) - batch_size + 1, batch_size):
+        yield to_captcha_tensor(pixels[i:i + batch_size]).to(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -64,3 +65,31 @@ def load_mnist(root: str, train: bool, download: bool = False, limit: int = 0) -
         images, labels = images[:limit], labels[:limit]
     return images, labels
 
+
+@torch.no_grad()
+def precise_bn(model: torch.nn.Module, batches: Iterable[Any], forward: Callable[[Any], Any] | None = None) -> None:
+    """Replace the running statistics of every BatchNorm the batches go through by their plain
+    mean over the batches (feed batches of one size: each weighs the same), run in train mode
+    by `forward(batch)` (default `model(batch)`). Training leaves a moving average over its last,
+    augmented, batches instead. BatchNorms the forward pass never reaches (a glyph net that reads
+    apart) keep theirs; the model ends in eval mode with its momenta as they were."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [({k: b.clone() for k, b in m.named_buffers()}, m.momentum) for m in norms]
+    reached: set[int] = set()
+    hooks = [m.register_forward_pre_hook(lambda m, args: reached.add(id(m))) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not a moving one
+    model.train()
+    try:
+        for batch in batches:
+            (forward or model)(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, (buffers, momentum) in zip(norms, saved):
+            m.momentum = momentum
+            if id(m) not in reached:
+                for k, b in m.named_buffers():
+                    b.copy_(buffers[k])
+        model.eval()
