@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -67,10 +67,10 @@ def load_mnist(root: str, train: bool, download: bool = False, limit: int = 0) -
 
 
 @torch.no_grad()
-def precise_bn(model: torch.nn.Module, batches: Iterable[Any], forward: Callable[[Any], Any] | None = None) -> None:
+def precise_bn(model: torch.nn.Module, batches: Iterable[Any]) -> None:
     """Replace the running statistics of every BatchNorm the batches go through by their plain
-    mean over the batches (feed batches of one size: each weighs the same), run in train mode
-    by `forward(batch)` (default `model(batch)`). Training leaves a moving average over its last,
+    mean over the batches (feed batches of one size: each weighs the same), each run in train
+    mode as `model(batch)`. Training leaves a moving average over its last,
     augmented, batches instead. BatchNorms the forward pass never reaches (a glyph net that reads
     apart) keep theirs; the model ends in eval mode with its momenta as they were."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -83,7 +83,7 @@ def precise_bn(model: torch.nn.Module, batches: Iterable[Any], forward: Callable
     model.train()
     try:
         for batch in batches:
-            (forward or model)(batch)
+            model(batch)
     finally:
         for hook in hooks:
             hook.remove()
