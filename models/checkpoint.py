@@ -19,6 +19,12 @@ from models.manifest import Manifest
 STORAGE = {"float32": None, "float16": torch.float16}  # manifest `storage` -> dtype of floating tensors
 
 
+def stored_state(model: nn.Module, storage: str | None) -> dict[str, torch.Tensor]:
+    """The model's state as a manifest's `storage` keeps it: floating tensors in its dtype."""
+    dtype = STORAGE[storage or "float32"]
+    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(model: nn.Module, manifest: Manifest | dict[str, Any], out_dir: str | Path, name: str,
                     storage: str = "float32") -> Path:
     """Write `<out_dir>/<name>.safetensors` and `<out_dir>/<name>.json`; returns the JSON path.
@@ -30,9 +36,7 @@ def save_checkpoint(model: nn.Module, manifest: Manifest | dict[str, Any], out_d
         manifest = Manifest.from_dict({k: v for k, v in manifest.items() if k not in ("name", "weights")})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = STORAGE[storage]
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in stored_state(model, storage).items()}
     save_file(state, str(out / f"{name}.safetensors"))
     manifest.name, manifest.weights = name, f"{name}.safetensors"
     manifest.storage = None if storage == "float32" else storage

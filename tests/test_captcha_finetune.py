@@ -224,7 +224,7 @@ def test_batchnorm_statistics_are_re_estimated_unless_the_held_out_captchas_read
     trained = {k: v.clone() for k, v in model.state_dict().items()}
 
     # Statistics from training images of one kind: kept or not as the held-out figures say.
-    note = choose_statistics(model, pixels[:64], pixels[64:], truth, "cpu", None)
+    note, _ = choose_statistics(model, pixels[:64], pixels[64:], truth, "cpu", None)
     assert note["holdout_full_string_accuracy_before"] == accuracy(
         read_texts(load_checkpoint(WEIGHTS_DIR / "captcha_ctc.json")[0], pixels[64:], "cpu"), truth)["full_string_accuracy"]
     moved = any(not torch.equal(v, trained[k]) for k, v in model.state_dict().items())
@@ -233,6 +233,6 @@ def test_batchnorm_statistics_are_re_estimated_unless_the_held_out_captchas_read
     # Statistics from blank images read the held-out captchas worse: the trained ones stay.
     model.load_state_dict(trained)
     blank = np.full((64, *size), 255, np.uint8)
-    note = choose_statistics(model, blank, pixels[64:], truth, "cpu", None)
+    note, _ = choose_statistics(model, blank, pixels[64:], truth, "cpu", None)
     assert not note["kept"] and note["holdout_full_string_accuracy_after"] < note["holdout_full_string_accuracy_before"]
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())

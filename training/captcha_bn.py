@@ -20,22 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from models.checkpoint import STORAGE, load_checkpoint
+from models.checkpoint import load_checkpoint, stored_state
 from training.captcha_general import VAL_PER_FAMILY, family_figures, mix_mean, validation_sets
 from training.captcha_lib import pixel_batches
 from training.captcha_mix import load_shards
 from training.common import precise_bn
 from training.export import export
-
-
-def rounded_to_storage(model: nn.Module, storage: str | None) -> None:
-    """Round the floating weights as the manifest stores them (float16 files load as float32)."""
-    dtype = STORAGE[storage or "float32"]
-    if dtype is not None:
-        model.load_state_dict({k: v.to(dtype).float() if v.is_floating_point() else v
-                               for k, v in model.state_dict().items()})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(args.seed)
     pixels = x[np.sort(rng.choice(len(x), min(args.images, len(x)), replace=False))]
     precise_bn(model, pixel_batches(pixels, args.batch_size))
-    rounded_to_storage(model, manifest.storage)
+    model.load_state_dict(stored_state(model, manifest.storage))  # rounded as written (float16 loads as float32)
     after = family_figures(model, sets, torch.device("cpu"))
 
     means = {name: mix_mean({f: v["full_string_accuracy"] for f, v in figures.items()})

@@ -140,32 +140,37 @@ def read_texts(model: CaptchaCTC, pixels: np.ndarray, device, answers: str | Non
 
 
 def choose_statistics(model: CaptchaCTC, train_pixels: np.ndarray, held_pixels: np.ndarray, truth: list[str],
-                      device, answers: str | None) -> dict:
+                      device, answers: str | None) -> tuple[dict, list[str]]:
     """Re-estimate the BatchNorm statistics as a plain mean over the training images, un-augmented
     (training.common.precise_bn), and keep them unless the held-out images (one view) read
-    worse; training's moving averages saw only its last, shifted and scaled, batches."""
+    worse; training's moving averages saw only its last, shifted and scaled, batches. Returns the
+    note for the manifest and the held-out texts as the model now reads them (one view)."""
     trained = {k: v.clone() for k, v in model.state_dict().items()}
-    old = accuracy(read_texts(model, held_pixels, device, answers), truth)["full_string_accuracy"]
+    old_texts = read_texts(model, held_pixels, device, answers)
+    old = accuracy(old_texts, truth)["full_string_accuracy"]
     precise_bn(model, pixel_batches(train_pixels, min(64, len(train_pixels)), next(model.parameters()).device))
-    new = accuracy(read_texts(model, held_pixels, device, answers), truth)["full_string_accuracy"]
+    new_texts = read_texts(model, held_pixels, device, answers)
+    new = accuracy(new_texts, truth)["full_string_accuracy"]
     keep = new >= old
     if not keep:
         model.load_state_dict(trained)
     return {"kept": keep, "images": len(train_pixels), "holdout_full_string_accuracy_before": old,
             "holdout_full_string_accuracy_after": new,
             "note": f"{'re-estimated' if keep else 'as trained'} (held out, one view: {old:.2%} as trained, "
-                    f"{new:.2%} re-estimated on the {len(train_pixels)} training images)"}
+                    f"{new:.2%} re-estimated on the {len(train_pixels)} training images)"}, (new_texts if keep else old_texts)
 
 
 def choose_views(model: CaptchaCTC, pixels: np.ndarray, truth: list[str], device, answers: str | None,
-                 start_shifts: list[list[int]], mode: str = "auto") -> tuple[list[str], dict, dict | None]:
+                 start_shifts: list[list[int]], mode: str = "auto", one_texts: list[str] | None = None,
+                 ) -> tuple[list[str], dict, dict | None]:
     """Read the held-out images (uint8 (N, H, W)) with one view and, when the start reader had
     test-time shifts, with those too; leave `model.config.test_time_shifts` as chosen: in "auto"
     the shifts are kept unless they read fewer held-out captchas right (V views cost V forward
     passes per image), "start" keeps them, "none" drops them. Returns (texts, figures, a note
-    for the manifest or None when there was nothing to choose)."""
+    for the manifest or None when there was nothing to choose). `one_texts`: the one-view reading
+    when the caller has it already."""
     model.config.test_time_shifts = []
-    one_texts = read_texts(model, pixels, device, answers)
+    one_texts = one_texts if one_texts is not None else read_texts(model, pixels, device, answers)
     one = accuracy(one_texts, truth)
     if not start_shifts or mode == "none":
         return one_texts, one, ({"chosen": [], "mode": mode, "note": "one view (--views none)"}
@@ -294,10 +299,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     started = time.perf_counter()
     result = fit(model, source, ctc_loss, settings=settings, evaluate=evaluate, log=lambda line: print(line, flush=True))
-    statistics = choose_statistics(model, pixels[train_idx], pixels[test_idx], test_truth, device, answers)
+    statistics, one_view = choose_statistics(model, pixels[train_idx], pixels[test_idx], test_truth, device, answers)
     print(f"BatchNorm statistics: {statistics['note']}", flush=True)
     predicted, after, views = choose_views(model, pixels[test_idx], test_truth, device, answers, start_shifts,
-                                           args.views)
+                                           args.views, one_texts=one_view)
     minutes = (time.perf_counter() - started) / 60
     print(f"held out, after {minutes:.1f} min: {after['full_string_accuracy']:.2%} full string, "
           f"{after['char_accuracy']:.2%} per character ({len(test_idx)} captchas)", flush=True)
