@@ -154,10 +154,11 @@ def choose_statistics(model: CaptchaCTC, train_pixels: np.ndarray, held_pixels: 
     keep = new >= old
     if not keep:
         model.load_state_dict(trained)
-    return {"kept": keep, "images": len(train_pixels), "holdout_full_string_accuracy_before": old,
+    note = {"kept": keep, "images": len(train_pixels), "holdout_full_string_accuracy_before": old,
             "holdout_full_string_accuracy_after": new,
             "note": f"{'re-estimated' if keep else 'as trained'} (held out, one view: {old:.2%} as trained, "
-                    f"{new:.2%} re-estimated on the {len(train_pixels)} training images)"}, (new_texts if keep else old_texts)
+                    f"{new:.2%} re-estimated on the {len(train_pixels)} training images)"}
+    return note, (new_texts if keep else old_texts)
 
 
 def choose_views(model: CaptchaCTC, pixels: np.ndarray, truth: list[str], device, answers: str | None,

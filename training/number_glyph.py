@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, stored_state
 from models.device import resolve_device
 from models.number import NumberReader, read_number
 from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> Path:
     # one (training.number --reevaluate --reread-below); its figures are dropped below.
     combined.config.reread = None
     # The file keeps float16 weights (half the size); read the figures with exactly those.
-    combined.load_state_dict({k: v.half().float() if v.is_floating_point() else v
-                              for k, v in combined.state_dict().items()})
+    combined.load_state_dict(stored_state(combined, "float16"))
     test_x, test_y = load_mnist(args.data_root, train=False, limit=args.limit)
     limited = bool(args.limit)
     metrics = number_metrics(combined, test_x, test_y, "cpu", lines=2_000 if limited else 10_000,
