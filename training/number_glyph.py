@@ -39,6 +39,7 @@ from training.number import TRAIN_DIGITS, number_metrics, score
 from training.number_data import CONTRACT, LineSource, collate, drawn_lines, mnist_lines, validation_lines
 
 MIX_GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+STORAGE = "float16"  # how the exported file keeps its weights; the figures are read with exactly those
 
 
 @torch.inference_mode()
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> Path:
     # one (training.number --reevaluate --reread-below); its figures are dropped below.
     combined.config.reread = None
     # The file keeps float16 weights (half the size); read the figures with exactly those.
-    combined.load_state_dict(stored_state(combined, "float16"))
+    combined.load_state_dict(stored_state(combined, STORAGE))
     test_x, test_y = load_mnist(args.data_root, train=False, limit=args.limit)
     limited = bool(args.limit)
     metrics = number_metrics(combined, test_x, test_y, "cpu", lines=2_000 if limited else 10_000,
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> Path:
     out.metrics = {**kept, **metrics,
                    "reader_alone": reader_metrics}
     out.training = {**{k: v for k, v in manifest.training.items() if k != "glyph"}, "glyph": glyph_info}
-    json_path = export(combined, out, args.out, manifest.name, storage="float16")
+    json_path = export(combined, out, args.out, manifest.name, storage=STORAGE)
     print(f"mix {mix} | validation lines wrong: reader alone {table['reader_alone']['lines_wrong']}, "
           f"glyph alone {table['glyph_alone']['lines_wrong']}, mixed {table['chosen']['lines_wrong']} | "
           f"wrote {json_path} [{seconds:.0f}s]", flush=True)
