@@ -197,6 +197,23 @@ def test_the_glyph_trainer_trains_goes_on_and_refits(tmp_path):
     assert manifest3.training["glyph"]["chunks"] == chunks
 
 
+def test_the_glyph_trainer_trains_on_whole_digits_alone_n_times_over(tmp_path):
+    from training import number_glyph
+
+    root = require_mnist()
+    common = ["--data-root", str(root), "--limit", "2000", "--val-lines", "150", "--threads", "1", "--no-progress",
+              "--epochs", "1"]
+    with pytest.raises(SystemExit):  # no lines and no whole digits: nothing to train on
+        number_glyph.main(common + ["--lines", "0", "--out", str(tmp_path / "none")])
+    out = number_glyph.main(common + ["--lines", "0", "--mnist-digits", "2", "--augment", "--out", str(tmp_path / "w")])
+    model, manifest = load_checkpoint(out)
+    data = manifest.training["glyph"]["data"]
+    # --limit 2000: 1,800 training digits (90%), twice over, and no crops cut from lines.
+    assert data["mnist_digits"] == 2 and data["training_crops"] == 3_600 and data["lines"] == 0
+    assert manifest.training["glyph"]["samples_seen"] > 0 and model.glyph is not None
+    assert not (tmp_path / "none").exists()
+
+
 def test_training_crops_are_warped_like_digits_and_whole_mnist_digits_are_laid_out_as_crops():
     from training.number_glyph import CropBatches, mnist_crops
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from models.checkpoint import load_checkpoint, stored_state
 from models.device import resolve_device
 from models.number import NumberReader, read_number
-from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
+from models.number_glyph import GLYPH_SIZE, DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
 from models.preprocess import number_line
 from training.augment import augment_digits
 from training.common import add_common_args, load_mnist, seed_everything
@@ -158,12 +158,17 @@ def main(argv: list[str] | None = None) -> Path:
                         help="cut crops from the ink at its own resolution (default) or from the 28 px line")
     parser.add_argument("--augment", action="store_true",
                         help="warp each training crop as the digit trainer warps digits (else 1 px shifts)")
-    parser.add_argument("--mnist-digits", action="store_true",
-                        help="train on the whole training digits 0..53,999 too, laid out as crops")
+    parser.add_argument("--mnist-digits", type=int, nargs="?", const=1, default=0, metavar="N",
+                        help="train on the whole training digits 0..53,999 too, laid out as crops, N times "
+                             "over (default once); with --lines 0, on those alone")
     parser.add_argument("--channels", type=int, nargs="+", default=DigitGlyphConfig().channels,
                         help="a new glyph net's channels per conv block")
     add_common_args(parser, epochs=4, lr=2e-3, batch_size=128, weight_decay=5e-4, clip=5.0)
     args = parser.parse_args(argv)
+    if args.lines < 0 or args.mnist_digits < 0:
+        parser.error("--lines and --mnist-digits take counts of 0 or more")
+    if not (args.lines or args.mnist_digits or args.cache or args.glyph_from):
+        parser.error("--lines 0 needs --mnist-digits: there is nothing else to train on")
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -194,14 +199,17 @@ def main(argv: list[str] | None = None) -> Path:
                              f"not the {crops_from}")
         if cached is not None:
             crops, digits = cached["crops"], cached["digits"]
+        elif not args.lines:  # whole digits alone (--mnist-digits)
+            crops, digits = torch.zeros(0, 1, GLYPH_SIZE, GLYPH_SIZE, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
         else:
             inks, texts = training_lines(train_x[:split], train_y[:split], args.lines, args.data_seed)
             crops, digits, _, _, _ = digit_evidence(reader, inks, texts, crops_from)
             if args.cache:
                 torch.save({"crops": crops, "digits": digits, "crops_from": crops_from}, args.cache)
-        if args.mnist_digits:
-            crops = torch.cat([crops, mnist_crops(train_x[:split])])
-            digits = torch.cat([digits, train_y[:split]])
+        if args.mnist_digits:  # the same layout N times over; each draw is warped apart with --augment
+            whole = mnist_crops(train_x[:split])
+            crops = torch.cat([crops] + [whole] * args.mnist_digits)
+            digits = torch.cat([digits] + [train_y[:split]] * args.mnist_digits)
         print(f"{len(crops):,} training crops from {args.lines:,} lines, {len(val_crops):,} validation crops "
               f"[{time.perf_counter() - start:.0f}s]", flush=True)
         net = source.glyph if source is not None else DigitGlyphNet(DigitGlyphConfig(args.channels, crops=crops_from))
