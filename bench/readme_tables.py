@@ -453,10 +453,12 @@ def render_finetune() -> str:
             return f"{row[k]['full_string_accuracy']:.1%} ({row[k]['char_accuracy']:.1%})" if k in row else "-"
 
         def minutes(k):
-            notes = (["bf16"] if row.get(k, {}).get("precision", "fp32").startswith("bf16") else []) + \
-                ([f"reads {row[k]['views']} views"] if row.get(k, {}).get("views", 1) > 1 else [])
-            spent = row[k].get("wall_minutes", row[k]["minutes"]) if k in row else 0  # older files: training only
-            return f"{spent:.1f}" + (f" ({', '.join(notes)})" if notes else "") if k in row else "-"
+            if k not in row:
+                return "-"
+            notes = (["bf16"] if row[k].get("precision", "fp32").startswith("bf16") else []) + \
+                ([f"reads {row[k]['views']} views"] if row[k].get("views", 1) > 1 else [])
+            spent = row[k].get("wall_minutes", row[k]["minutes"])  # older files: the training time only
+            return f"{spent:.1f}" + (f" ({', '.join(notes)})" if notes else "")
         runs = [k for k in ("finetuned", "finetuned_from_general", "scratch", "ddddocr") if k in row]
         best = max(runs, key=lambda k: row[k]["full_string_accuracy"])
         cells = {k: (f"**{cell(k)}**" if k == best else cell(k))

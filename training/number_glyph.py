@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from models.checkpoint import load_checkpoint, stored_state
 from models.device import resolve_device
 from models.number import NumberReader, read_number
-from models.number_glyph import GLYPH_SIZE, DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
+from models.number_glyph import DigitGlyphConfig, DigitGlyphNet, glyph_crop, mix_digits
 from models.preprocess import number_line
 from training.augment import augment_digits
 from training.common import add_common_args, load_mnist, seed_everything
@@ -197,19 +197,18 @@ def main(argv: list[str] | None = None) -> Path:
         if cached is not None and cached.get("crops_from", "line") != crops_from:
             raise SystemExit(f"{args.cache} holds crops cut from the {cached.get('crops_from', 'line')}, "
                              f"not the {crops_from}")
+        parts = []  # (crops, digits): cut from lines (or the cache), then the whole digits N times over
         if cached is not None:
-            crops, digits = cached["crops"], cached["digits"]
-        elif not args.lines:  # whole digits alone (--mnist-digits)
-            crops, digits = torch.zeros(0, 1, GLYPH_SIZE, GLYPH_SIZE, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
-        else:
+            parts.append((cached["crops"], cached["digits"]))
+        elif args.lines:
             inks, texts = training_lines(train_x[:split], train_y[:split], args.lines, args.data_seed)
-            crops, digits, _, _, _ = digit_evidence(reader, inks, texts, crops_from)
+            cut, cut_digits, _, _, _ = digit_evidence(reader, inks, texts, crops_from)
+            parts.append((cut, cut_digits))
             if args.cache:
-                torch.save({"crops": crops, "digits": digits, "crops_from": crops_from}, args.cache)
+                torch.save({"crops": cut, "digits": cut_digits, "crops_from": crops_from}, args.cache)
         if args.mnist_digits:  # the same layout N times over; each draw is warped apart with --augment
-            whole = mnist_crops(train_x[:split])
-            crops = torch.cat([crops] + [whole] * args.mnist_digits)
-            digits = torch.cat([digits] + [train_y[:split]] * args.mnist_digits)
+            parts += [(mnist_crops(train_x[:split]), train_y[:split])] * args.mnist_digits
+        crops, digits = torch.cat([c for c, _ in parts]), torch.cat([d for _, d in parts])
         print(f"{len(crops):,} training crops from {args.lines:,} lines, {len(val_crops):,} validation crops "
               f"[{time.perf_counter() - start:.0f}s]", flush=True)
         net = source.glyph if source is not None else DigitGlyphNet(DigitGlyphConfig(args.channels, crops=crops_from))
