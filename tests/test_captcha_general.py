@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -299,3 +300,46 @@ def test_precise_bn_is_written_only_when_validation_reads_better(tmp_path):
     written = path.read_bytes(), weights.read_bytes()
     again = recalibrate(args)
     assert not again["kept"] and (path.read_bytes(), weights.read_bytes()) == written
+
+
+def test_o0_glyph_net_for_the_general_reader_trains_on_its_own_families(tmp_path, monkeypatch):
+    """o/0-rich captchas drawn from the general mix's families -> a glyph net on the general
+    reader's CTC runs, exported under the reader's own name with its figures per family, read
+    from the validation captchas' sources as the service prepares an upload."""
+    import training.captcha_general as general
+    import training.captcha_o0 as o0_cli
+    from models.captcha_o0 import INDEX_O, INDEX_ZERO
+    from training.captcha_mix import HELD_OUT_FAMILIES, TRAIN_FAMILIES
+
+    def data(out, family, count, seed):
+        o0_cli.main(["data", "--family", family, "--count", str(count), "--seed", str(seed), "--lengths", "4-6",
+                     "--o0-share", "0.6", "--workers", "1", "--out", str(tmp_path / out)])
+        return o0_cli.load_o0_set(tmp_path / out)
+
+    full, labels, meta = data("train", "mix", 36, 7)
+    assert meta["family"] == "mix" and full.shape == (36, 60, 160) and set((labels >= 0).sum(1)) <= {4, 5, 6}
+    assert np.isin(labels[labels >= 0], [INDEX_O, INDEX_ZERO]).mean() > 0.4  # o/0-rich
+    assert np.array_equal(data("again", "mix", 36, 7)[0], full)  # the same set from the same seed
+    # one family alone draws other pixels than the mix's turns (whose first captcha is the seed's style)
+    assert not np.array_equal(data("lines", "pil_lines", 6, 7)[0], full[:6])
+    data("val", "mix", 24, 8)
+    with pytest.raises(SystemExit):  # the held-out families stay out of training
+        data("held_out", HELD_OUT_FAMILIES[-1], 6, 9)
+
+    monkeypatch.setattr(general, "VAL_PER_FAMILY", 3)
+    o0_cli.main(["train", "--reader", str(WEIGHTS_DIR / "captcha_general.json"), "--data", str(tmp_path / "train"),
+                 "--val", str(tmp_path / "val"), "--out", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "16",
+                 "--threads", "1", "--no-progress"])
+    model, manifest = load_checkpoint(tmp_path / "out" / "captcha_general.json")
+    assert model.o0 is not None and manifest.served_name() == "general" and "full_resolution" in manifest.input
+    assert "full_string_accuracy" not in manifest.metrics  # never ranks as the default reader
+    with_o0, alone = manifest.metrics, manifest.metrics["reader_alone"]
+    assert set(with_o0["validation_per_family"]) == set(TRAIN_FAMILIES + HELD_OUT_FAMILIES)
+    assert manifest.training["o0"]["validation"] == {"alone": alone["mix_full_string_accuracy"],
+                                                      "with_o0": with_o0["mix_full_string_accuracy"]}
+    # The reader alone from the sources, as served = its figures on the cached validation sets (the same captchas).
+    reader, _ = load_checkpoint(WEIGHTS_DIR / "captcha_general.json")
+    cached = general.family_figures(reader, general.validation_sets(tmp_path / "cached", 3), torch.device("cpu"))
+    assert alone["validation_per_family"] == cached
+    assert alone["mix_full_string_accuracy"] == general.mix_mean(
+        {f: v["full_string_accuracy"] for f, v in cached.items()})

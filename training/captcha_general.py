@@ -25,10 +25,11 @@ from models.captcha_common import CHARSET, score_texts
 from models.captcha_ctc import CaptchaCTC, CaptchaCTCConfig
 from models.checkpoint import load_checkpoint
 from models.device import resolve_device
+from models.preprocess import prepare_captcha
 from training.captcha_finetune import ctc_loss, read_texts
 from training.captcha_lib import ArraySource, ReaderBatches
 from training.captcha_mix import (FAMILIES, HEIGHT, HELD_OUT_FAMILIES, MAX_LENGTH, TRAIN_FAMILIES, WIDTH,
-                                  load_shards, render_shard)
+                                  load_shards, render_shard, samples)
 from training.common import add_common_args, seed_everything
 from training.export import build_manifest, export, training_section
 from training.loop import fit, settings_from_args
@@ -75,6 +76,25 @@ def family_figures(model: CaptchaCTC, sets: dict, device) -> dict[str, dict]:
     for family, (pixels, truth) in sets.items():
         predicted = read_texts(model, pixels, device)  # as the service answers them
         figures[family] = {k: round(v, 5) for k, v in score_texts(predicted, truth).items()}
+    return figures
+
+
+@torch.inference_mode()
+def served_figures(model: CaptchaCTC, contract: dict, per_family: int | None = None, batch: int = 200
+                   ) -> dict[str, dict]:
+    """`family_figures` on the same validation captchas drawn again from their sources, each
+    prepared from its image as the service prepares an upload (with the full-resolution pixels
+    a reader with an o/0 glyph net needs, which the cached 48x160 sets do not keep)."""
+    figures, per_family = {}, per_family or VAL_PER_FAMILY
+    for family in TRAIN_FAMILIES + HELD_OUT_FAMILIES:
+        drawn = [item for _, item in zip(range(per_family), samples(family, VAL_SEED + list(FAMILIES).index(family)))]
+        prepared = [prepare_captcha(image, contract) for _, image in drawn]
+        predicted = []
+        for i in range(0, len(prepared), batch):
+            chunk = prepared[i:i + batch]
+            full = None if chunk[0][1] is None else torch.cat([p[1] for p in chunk])
+            predicted += [r.text for r in model.read(torch.cat([p[0] for p in chunk]), full=full)]
+        figures[family] = {k: round(v, 5) for k, v in score_texts(predicted, [t.lower() for t, _ in drawn]).items()}
     return figures
 
 

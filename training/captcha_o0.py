@@ -14,6 +14,12 @@
     # go on training a glyph net (its weights as the start, the mix fitted again) on fresh captchas
     python -m training.captcha_o0 train --reader models/weights/captcha_ctc.json --init RUN/captcha_ctc.json \
         --data data/captcha_o0/train48b --val data/captcha_o0/val48 --epochs 6 --lr 1e-3
+    # the general reader's own: o/0-rich captchas of its mix's training families in turn; exported
+    # under the reader's name with its figures per family (training.captcha_general.served_figures)
+    python -m training.captcha_o0 data --family mix --count 120000 --seed 5600 --lengths 3-8 --out data/captcha_o0/mix
+    python -m training.captcha_o0 data --family mix --count 12000 --seed 5700 --lengths 3-8 --out data/captcha_o0/mixval
+    python -m training.captcha_o0 train --reader models/weights/captcha_general.json \
+        --init models/weights/captcha_ctc.json --data data/captcha_o0/mix --val data/captcha_o0/mixval --minutes 30
 
 Why: most of the reader's misreads are o read as 0 or 0 as o. The generator crops each glyph
 to its ink and stretches it to its font's full box, so o, O and 0 come out as ovals of the same
@@ -57,6 +63,7 @@ from models.preprocess import CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH, captcha_p
 from training.captcha_data import CaptchaGenerator, fill_in_chunks, generate_arrays
 from training.captcha_lengths import EVAL, any_length_description, eval_sets, served_and_alone
 from training.captcha_lib import TEST_SEED, VAL_SEED
+from training.captcha_mix import FAMILIES, TRAIN_FAMILIES
 from training.common import REPO_ROOT
 from training.export import export, training_section
 from training.loop import Shuffled, ShuffledSource, add_fit_args, fit, settings_from_args
@@ -64,6 +71,8 @@ from training.loop import Shuffled, ShuffledSource, add_fit_args, fit, settings_
 WEIGHTS = REPO_ROOT / "models" / "weights"
 
 O0_DRAWN = "oO0"
+GENERATOR = "generator"  # the seed's generator (captcha 0.7 ImageCaptcha(), 160x60)
+O0_SOURCES = (GENERATOR, "mix") + TRAIN_FAMILIES  # what `data` draws from
 
 
 def o0_rich_text(rng: random.Random, share: float, length: int = CAPTCHA_LENGTH) -> str:
@@ -73,36 +82,46 @@ def o0_rich_text(rng: random.Random, share: float, length: int = CAPTCHA_LENGTH)
                    for _ in range(length))
 
 
-def _chunk(args: tuple[int, int, float, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
-    seed, count, share, lengths = args
+def _chunk(args: tuple[int, int, float, tuple[int, ...], str]) -> tuple[np.ndarray, np.ndarray]:
+    seed, count, share, lengths, family = args
     torch.set_num_threads(1)
-    gen = CaptchaGenerator(seed)
+    if family == GENERATOR:
+        gen = CaptchaGenerator(seed)
+        rng, draws = gen.rng, [gen.image]
+    else:  # the general reader's mix (training/captcha_mix.py): one family, or its training families in turn
+        rng = random.Random(f"o0/{family}/{seed}")
+        random.seed(f"o0/{family}/{seed}/global")  # wheezy and others draw from `random` too
+        draws = [FAMILIES[name](rng) for name in (TRAIN_FAMILIES if family == "mix" else (family,))]
     full = np.empty((count, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH), np.uint8)
     labels = np.full((count, max(lengths)), -1, np.int64)  # padded with -1 after a shorter label
     for i in range(count):
         # One length: no draw, so the 4-character sets stay as they were drawn before lengths.
-        length = lengths[0] if len(lengths) == 1 else gen.rng.choice(lengths)
-        text = o0_rich_text(gen.rng, share, length)
-        full[i] = captcha_pixels(gen.image(text), CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
+        length = lengths[0] if len(lengths) == 1 else rng.choice(lengths)
+        text = o0_rich_text(rng, share, length)
+        full[i] = captcha_pixels(draws[i % len(draws)](text), CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH)
         labels[i, :length] = encode_label(text)
     return full, labels
 
 
 def write_o0_set(out: str | Path, count: int, seed: int, share: float = 0.4, workers: int = 1,
-                 chunk: int = 5000, lengths: tuple[int, ...] = (CAPTCHA_LENGTH,)) -> Path:
-    """<out>/full.npy (uint8 (N, 60, 160) grey, as drawn), labels.npy (int64 (N, max length),
-    padded with -1), meta.json. Each captcha's length is drawn evenly from `lengths`. Chunk k is
-    drawn from seed * 100000 + k (the same set whatever the worker count)."""
+                 chunk: int = 5000, lengths: tuple[int, ...] = (CAPTCHA_LENGTH,), family: str = "generator") -> Path:
+    """<out>/full.npy (uint8 (N, 60, 160) grey, as drawn, resized to 160x60 as the service
+    prepares the glyph net's full-resolution input), labels.npy (int64 (N, max length), padded
+    with -1), meta.json. Each captcha's length is drawn evenly from `lengths`. Chunk k is drawn
+    from seed * 100000 + k (the same set whatever the worker count). `family`: the seed's
+    generator, one family of the general reader's mix, or "mix" (its training families in turn)."""
+    if family not in O0_SOURCES:
+        raise ValueError(f"family must be one of {', '.join(O0_SOURCES)}, not {family!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     full = np.lib.format.open_memmap(out / "full.npy", mode="w+", dtype=np.uint8,
                                      shape=(count, CAPTCHA_FULL_HEIGHT, CAPTCHA_FULL_WIDTH))
     labels = np.lib.format.open_memmap(out / "labels.npy", mode="w+", dtype=np.int64, shape=(count, max(lengths)))
-    jobs = [(seed * 100000 + k, min(chunk, count - k * chunk), share, tuple(lengths))
+    jobs = [(seed * 100000 + k, min(chunk, count - k * chunk), share, tuple(lengths), family)
             for k in range(math.ceil(count / chunk))]
     fill_in_chunks(_chunk, jobs, (full, labels), chunk, workers, "o0 set")
     (out / "meta.json").write_text(json.dumps({"count": count, "seed": seed, "o0_share": share, "chunk": chunk,
-                                               "lengths": list(lengths), "height": CAPTCHA_FULL_HEIGHT,
+                                               "lengths": list(lengths), "family": family, "height": CAPTCHA_FULL_HEIGHT,
                                                "width": CAPTCHA_FULL_WIDTH, "charset": CHARSET}, indent=2) + "\n")
     return out
 
@@ -274,6 +293,11 @@ def with_o0(reader, net: O0GlyphNet):
     return combined.eval()
 
 
+def is_general(manifest: Manifest) -> bool:
+    """A reader chosen on the general mix (training/captcha_general.py): its figures are per family."""
+    return "mix_full_string_accuracy" in manifest.metrics
+
+
 def score_alone_and_with(reader, combined, val_samples: int, test_samples: int) -> dict:
     """The reader alone and with its glyph net, as they serve, on ordinary (not o/0-rich)
     captchas: the validation seed and the manifests' held-out test seed."""
@@ -292,6 +316,39 @@ def score_alone_and_with(reader, combined, val_samples: int, test_samples: int) 
     return results
 
 
+def score_general(reader, combined, manifest: Manifest, centred_by: str) -> dict:
+    """A general reader alone and with its glyph net, as they serve, on its validation captchas
+    per family (training.captcha_general.served_figures)."""
+    from training.captcha_general import mix_mean, served_figures
+
+    results = {}
+    for name, model, contract in (("alone", reader, manifest.input),
+                                  ("with_o0", combined, full_resolution_input(manifest.input, combined, centred_by))):
+        figures = served_figures(model, contract)
+        results[name] = {"validation_per_family": figures,
+                         "mix_full_string_accuracy": mix_mean({f: v["full_string_accuracy"] for f, v in figures.items()})}
+    print("validation per family, full string, alone -> with the glyph net: " + ", ".join(
+        f"{f} {results['alone']['validation_per_family'][f]['full_string_accuracy']:.1%} -> "
+        f"{v['full_string_accuracy']:.1%}" for f, v in results["with_o0"]["validation_per_family"].items()) +
+        f" | mix {results['alone']['mix_full_string_accuracy']:.2%} -> {results['with_o0']['mix_full_string_accuracy']:.2%}",
+        flush=True)
+    return results
+
+
+def score_reader(reader, combined, manifest: Manifest, args, centred_by: str) -> dict:
+    if is_general(manifest):
+        return score_general(reader, combined, manifest, centred_by)
+    return score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
+
+
+def full_resolution_input(contract: dict, combined, centred_by: str) -> dict:
+    """The reader's input contract plus the full-resolution pixels its glyph net reads."""
+    return {**contract, "full_resolution": {
+        "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
+        "for": "the o/0 glyph net: the same preprocessing (grey, PIL bilinear) to the generator's 160x60; "
+               f"{combined.o0.config.width} px windows centred on {centred_by}, each standardised"}}
+
+
 def measure_longer(combined, metrics: dict, contract: dict) -> None:
     """Put the reader's figures on the longer test sets (training.captcha_lengths' 5 and 6
     characters), with its glyph net and alone, into `metrics` (its `reader_alone` included)."""
@@ -303,15 +360,20 @@ def measure_longer(combined, metrics: dict, contract: dict) -> None:
 
 def export_with_o0(combined, manifest: Manifest, results: dict, o0_info: dict, out_dir: str | Path,
                    centred_by: str) -> Path:
-    """Write the reader with its glyph net: the reader's manifest with the new architecture,
-    the full-resolution input, the test figures with and without, and how the net was made."""
-    test, val = results["test"], results["validation"]
+    """Write the reader with its glyph net, under the reader's own name: the reader's manifest
+    with the new architecture, the full-resolution input, the figures with and without
+    (`score_reader`'s), and how the net was made."""
     out = replace(manifest, architecture=combined.config.to_dict(), description=combined.describe(),
                   parameters=combined.num_parameters())
-    out.input = {**manifest.input, "full_resolution": {
-        "height": CAPTCHA_FULL_HEIGHT, "width": CAPTCHA_FULL_WIDTH,
-        "for": "the o/0 glyph net: the same preprocessing (grey, PIL bilinear) to the generator's 160x60; "
-               f"{combined.o0.config.width} px windows centred on {centred_by}, each standardised"}}
+    out.input = full_resolution_input(manifest.input, combined, centred_by)
+    if is_general(manifest):
+        # Per family, as the general reader's own training reports (never `full_string_accuracy`,
+        # which would rank it among the seed-style readers: app.registry).
+        out.metrics = {**manifest.metrics, **results["with_o0"], "reader_alone": results["alone"]}
+        out.training = {**manifest.training, "o0": {**o0_info, "validation": {
+            k: results[k]["mix_full_string_accuracy"] for k in ("alone", "with_o0")}}}
+        return export(combined, out, out_dir, manifest.name)
+    test, val = results["test"], results["validation"]
     out.metrics = {**manifest.metrics,
                    "full_string_accuracy": round(test["with_o0"]["full_string_accuracy"], 5),
                    "char_accuracy": round(test["with_o0"]["char_accuracy"], 5),
@@ -328,7 +390,7 @@ def export_with_o0(combined, manifest: Manifest, results: dict, o0_info: dict, o
     out.training = {**manifest.training, "o0": {
         **o0_info, "validation": {"alone": round(val["alone"]["full_string_accuracy"], 5),
                                   "with_o0": round(val["with_o0"]["full_string_accuracy"], 5)}}}
-    return export(combined, out, out_dir, f"captcha_{combined.config.variant}")
+    return export(combined, out, out_dir, manifest.name)
 
 
 @torch.inference_mode()
@@ -415,7 +477,7 @@ def train(args) -> None:
         mix, errors = mix_on_validation(g, lp[:, INDEX_ZERO] - lp[:, INDEX_O], lp.argmax(-1), yva)
     net.config = replace(config, mix=mix)
     combined = with_o0(reader, net)
-    results = score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
+    results = score_reader(reader, combined, manifest, args, centred_by)
     seconds = round(time.perf_counter() - start, 1)
     json_path = export_with_o0(combined, manifest, results, training_section(
         result, settings, seed=args.seed, batch_size=args.batch_size, device=device,
@@ -454,7 +516,8 @@ def attach(args) -> None:
     mix, errors = mix_on_validation(g, logodds[keep], answers[keep], (labels[keep] == INDEX_ZERO).float())
     net.config = replace(net.config, mix=mix)
     combined = with_o0(reader, net)
-    results = score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
+    centred_by = "the columns of the character's CTC run"
+    results = score_reader(reader, combined, manifest, args, centred_by)
     seconds = round(time.perf_counter() - start, 1)
     glyph_info = source_manifest.training["o0"]
     json_path = export_with_o0(combined, manifest, results, {
@@ -465,7 +528,7 @@ def attach(args) -> None:
         "parameters": sum(p.numel() for p in net.parameters()),
         **{k: glyph_info[k] for k in ("windows", "epochs", "samples_seen", "seconds") if k in glyph_info},
         "attach_seconds": seconds, "mix": mix, "validation_window_errors": errors, "val_samples": args.val_samples},
-        args.out, "the columns of the character's CTC run")
+        args.out, centred_by)
     print(f"wrote {json_path} [{seconds:.0f}s]")
 
 
@@ -488,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     d.add_argument("--lengths", default=str(CAPTCHA_LENGTH),
                    help="captcha lengths, drawn evenly: one (4) or a range (4-8) or a list (4,6,8)")
+    d.add_argument("--family", choices=O0_SOURCES, default=GENERATOR,
+                   help="the seed's generator (default), a family of the general reader's mix, or mix: its "
+                        "training families in turn")
     t = sub.add_parser("train", help="train the glyph net and export the reader with it")
     t.add_argument("--data", required=True, help="an o/0-rich set (the `data` command) to train on")
     t.add_argument("--val", required=True, help="another one to validate on")
@@ -520,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         attach(args)
     elif args.command == "data":
         out = write_o0_set(args.out, args.count, args.seed, args.o0_share, args.workers,
-                           lengths=parse_lengths(args.lengths))
+                           lengths=parse_lengths(args.lengths), family=args.family)
         print(f"wrote {args.count} captchas to {out}")
 
 
