@@ -15,7 +15,8 @@
     python -m training.captcha_o0 train --reader models/weights/captcha_ctc.json --init RUN/captcha_ctc.json \
         --data data/captcha_o0/train48b --val data/captcha_o0/val48 --epochs 6 --lr 1e-3
     # the general reader's own: o/0-rich captchas of its mix's training families in turn; exported
-    # under the reader's name with its figures per family (training.captcha_general.served_figures)
+    # under the reader's name with its figures per family (training.captcha_general.served_figures).
+    # Tried once (stop 49): validation mix mean 78.42% -> 78.33%, so the served reader has none.
     python -m training.captcha_o0 data --family mix --count 120000 --seed 5600 --lengths 3-8 --out data/captcha_o0/mix
     python -m training.captcha_o0 data --family mix --count 12000 --seed 5700 --lengths 3-8 --out data/captcha_o0/mixval
     python -m training.captcha_o0 train --reader models/weights/captcha_general.json \
@@ -104,7 +105,7 @@ def _chunk(args: tuple[int, int, float, tuple[int, ...], str]) -> tuple[np.ndarr
 
 
 def write_o0_set(out: str | Path, count: int, seed: int, share: float = 0.4, workers: int = 1,
-                 chunk: int = 5000, lengths: tuple[int, ...] = (CAPTCHA_LENGTH,), family: str = "generator") -> Path:
+                 chunk: int = 5000, lengths: tuple[int, ...] = (CAPTCHA_LENGTH,), family: str = GENERATOR) -> Path:
     """<out>/full.npy (uint8 (N, 60, 160) grey, as drawn, resized to 160x60 as the service
     prepares the glyph net's full-resolution input), labels.npy (int64 (N, max length), padded
     with -1), meta.json. Each captcha's length is drawn evenly from `lengths`. Chunk k is drawn
@@ -336,6 +337,7 @@ def score_general(reader, combined, manifest: Manifest, centred_by: str) -> dict
 
 
 def score_reader(reader, combined, manifest: Manifest, args, centred_by: str) -> dict:
+    """The figures `export_with_o0` writes: per family for a general reader, else on the seed's generator."""
     if is_general(manifest):
         return score_general(reader, combined, manifest, centred_by)
     return score_alone_and_with(reader, combined, args.val_samples, args.test_samples)
