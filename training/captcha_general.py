@@ -80,21 +80,24 @@ def family_figures(model: CaptchaCTC, sets: dict, device) -> dict[str, dict]:
 
 
 @torch.inference_mode()
-def served_figures(model: CaptchaCTC, contract: dict, per_family: int | None = None, batch: int = 200
-                   ) -> dict[str, dict]:
-    """`family_figures` on the same validation captchas drawn again from their sources, each
-    prepared from its image as the service prepares an upload (with the full-resolution pixels
-    a reader with an o/0 glyph net needs, which the cached 48x160 sets do not keep)."""
-    figures, per_family = {}, per_family or VAL_PER_FAMILY
+def served_figures(models: dict[str, CaptchaCTC], contract: dict, per_family: int | None = None, batch: int = 200
+                   ) -> dict[str, dict[str, dict]]:
+    """`family_figures` of each of `models` (name -> reader) on the same validation captchas drawn
+    again from their sources, each drawn and prepared once from its image as the service prepares
+    an upload (with the full-resolution pixels a reader with an o/0 glyph net needs, which the
+    cached 48x160 sets do not keep; a reader without one reads only the reader input)."""
+    figures, per_family = {name: {} for name in models}, per_family or VAL_PER_FAMILY
     for family in TRAIN_FAMILIES + HELD_OUT_FAMILIES:
         drawn = [item for _, item in zip(range(per_family), samples(family, VAL_SEED + list(FAMILIES).index(family)))]
         prepared = [prepare_captcha(image, contract) for _, image in drawn]
-        predicted = []
-        for i in range(0, len(prepared), batch):
-            chunk = prepared[i:i + batch]
-            full = None if chunk[0][1] is None else torch.cat([p[1] for p in chunk])
-            predicted += [r.text for r in model.read(torch.cat([p[0] for p in chunk]), full=full)]
-        figures[family] = {k: round(v, 5) for k, v in score_texts(predicted, [t.lower() for t, _ in drawn]).items()}
+        truth = [t.lower() for t, _ in drawn]
+        for name, model in models.items():
+            predicted = []
+            for i in range(0, len(prepared), batch):
+                chunk = prepared[i:i + batch]
+                full = None if chunk[0][1] is None else torch.cat([p[1] for p in chunk])
+                predicted += [r.text for r in model.read(torch.cat([p[0] for p in chunk]), full=full)]
+            figures[name][family] = {k: round(v, 5) for k, v in score_texts(predicted, truth).items()}
     return figures
 
 

@@ -322,12 +322,10 @@ def score_general(reader, combined, manifest: Manifest, centred_by: str) -> dict
     per family (training.captcha_general.served_figures)."""
     from training.captcha_general import mix_mean, served_figures
 
-    results = {}
-    for name, model, contract in (("alone", reader, manifest.input),
-                                  ("with_o0", combined, full_resolution_input(manifest.input, combined, centred_by))):
-        figures = served_figures(model, contract)
-        results[name] = {"validation_per_family": figures,
-                         "mix_full_string_accuracy": mix_mean({f: v["full_string_accuracy"] for f, v in figures.items()})}
+    contract = full_resolution_input(manifest.input, combined, centred_by)  # the reader alone ignores the full pixels
+    results = {name: {"validation_per_family": figures,
+                      "mix_full_string_accuracy": mix_mean({f: v["full_string_accuracy"] for f, v in figures.items()})}
+               for name, figures in served_figures({"alone": reader, "with_o0": combined}, contract).items()}
     print("validation per family, full string, alone -> with the glyph net: " + ", ".join(
         f"{f} {results['alone']['validation_per_family'][f]['full_string_accuracy']:.1%} -> "
         f"{v['full_string_accuracy']:.1%}" for f, v in results["with_o0"]["validation_per_family"].items()) +
