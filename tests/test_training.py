@@ -166,6 +166,20 @@ def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_learns():
     assert settings.describe_precision().startswith("bf16 autocast")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_hardware_says_fp32_is_faster(monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    x, y = _toy_problem()
+    model, lines = torch.nn.Linear(8, 2), []
+    for precision in ("fp32", "bf16"):
+        fit(model, _Toy(x, y, 32), torch.nn.functional.cross_entropy, log=lines.append,
+            settings=FitSettings(Budget(epochs=1, steps_per_epoch=2), OneCycle(1e-2), precision=precision,
+                                 progress=False))
+    warnings = [line for line in lines if "no native bf16" in line]
+    assert len(warnings) == (0 if native else 1) and (native or "--precision fp32" in warnings[0])
+
+
 def test_keep_best_ends_with_the_best_epochs_weights_across_a_resume(tmp_path):
     """With keep_best, the model ends with the weights of the epoch that scored best, not the
     last epoch's; the best weights travel in the snapshot, so a resumed run keeps them too."""
