@@ -340,6 +340,7 @@ def render_load_full() -> str:
 
 
 NUMBER_LATENCY = ROOT / "bench" / "results" / "number_latency.json"
+NUMBER_PHOTOS = ROOT / "bench" / "results" / "number_photos.json"
 NUMBER_ERRORS = ROOT / "bench" / "results" / "number_errors.json"
 NUMBER_GOALS = {"whole": 0.98, "digit": 0.996, "drawn": 0.97, "latency_ratio": 2.0}  # issue #15
 
@@ -413,6 +414,17 @@ def render_number() -> str:
                       f"the right length, {once['wrong']} are wrong: {once['misread_alone']} misread alone, "
                       f"{once['reader_wrong_glyph_right']} where the reader outvoted a right glyph net, "
                       f"{once['glyph_wrong_reader_right']} the other way round, {once['both_wrong']} both wrong."]
+    if NUMBER_PHOTOS.is_file():
+        photos = json.loads(NUMBER_PHOTOS.read_text())
+        lines += ["", f"The first {photos['lines']:,} of the MNIST-test lines as a PNG and as phone photos "
+                      "(`bench/number_photos.py`, `testkit/photo.py`: grey paper, sensor noise, JPEG), read through the "
+                      "service's preprocessing, and without its two photo steps (the paper's uneven light divided "
+                      "out; specks far from the writing dropped):", "",
+                  "| upload | whole number | per digit | without the photo steps |", "|---|---:|---:|---:|"]
+        for row in photos["dresses"].values():
+            served, before = row["as_served"], row["without_photo_steps"]
+            lines.append(f"| {row['about']} | {served['number_accuracy']:.2%} | {served['digit_accuracy']:.2%} | "
+                         f"{before['number_accuracy']:.2%} |")
     if NUMBER_LATENCY.is_file():
         bench = json.loads(NUMBER_LATENCY.read_text())
         r = bench["routes"]

@@ -34,6 +34,17 @@ CENTRE = 14.0  # MNIST's mean centre of mass, in index coordinates (measured: 13
 MIN_CONTRAST = 0.10
 # Photos larger than this (longer side, pixels) are reduced first; ink-finding stays cheap.
 MAX_WORK_SIDE = 2048
+# Light paper lit unevenly (a phone's shadow, vignetting) is evened out before the ink is measured
+# against one paper colour, when its brightness varies by more than MIN_SHADE across the image:
+# measured in SHADE_BLOCKS blocks (of at least SHADE_MIN_BLOCK px) along the shorter side, in
+# images at least SHADE_MIN_SIDE px on it (a smaller one is a canvas or a crop, not a photo).
+MIN_SHADE = 0.10
+SHADE_BLOCKS = 16
+SHADE_MIN_SIDE = 64
+SHADE_MIN_BLOCK = 16  # px: several stroke widths, so that ink fills few blocks
+# Ink counts for the writing's box where its 3x3 neighbourhood averages this much (`_without_specks`).
+SPECK_MEAN = 0.1
+SPECK_MARGIN = 2
 
 
 class NoDigitError(ValueError):
@@ -45,7 +56,8 @@ def _ink_map(image: Image.Image) -> np.ndarray:
 
     Transparent exports (ink drawn on a transparent canvas) carry the ink in alpha. Otherwise
     ink is the colour distance from the paper, estimated as the median of the border pixels:
-    that covers black-on-white, white-on-black and coloured ink on tinted paper alike.
+    that covers black-on-white, white-on-black and coloured ink on tinted paper alike. Light
+    paper lit unevenly is evened out first (`paper_shading`).
     """
     if image.mode == "P":
         image = image.convert("RGBA")
@@ -62,10 +74,59 @@ def _ink_map(image: Image.Image) -> np.ndarray:
     rgb = np.asarray(image, dtype=np.float32) / 255.0
     if rgb.ndim == 2:
         rgb = rgb[..., None]
+    shade = paper_shading(rgb)  # (H, W) or None
+    if shade is not None:  # shadows darken ink and paper alike: divide the light out
+        rgb = np.clip(rgb / shade[..., None], 0.0, 1.0)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)  # (N, C)
     paper = np.median(border, axis=0)
     # Euclidean distance over channels, scaled so black vs white is 1.0.
-    return np.sqrt(((rgb - paper) ** 2).sum(-1) / rgb.shape[-1])
+    ink = np.sqrt(((rgb - paper) ** 2).sum(-1) / rgb.shape[-1])
+    # Back in the photo's own contrast: dividing by the shade also amplified the sensor noise
+    # under the shadow, which the noise floor (`_ink`) measures on the paper as a whole.
+    return ink if shade is None else ink * shade
+
+
+def paper_shading(rgb: np.ndarray) -> np.ndarray | None:
+    """(H, W, C) in [0, 1] -> the paper's brightness per pixel (H, W) relative to its brightest,
+    or None when the paper is dark (canvas exports, chalk), the image small, or the lighting even.
+    Per block (min(H, W) / SHADE_BLOCKS px square, at least SHADE_MIN_BLOCK) the paper is the
+    90th percentile of its paper pixels: those less than half as dark as the darkest ink against
+    the border's paper (a shadow darkens paper far less than a pen does). A block the ink fills
+    takes the mean of its neighbours'."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < SHADE_MIN_SIDE:
+        return None
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0).mean(-1)  # (N,)
+    paper = float(np.median(border))
+    if paper < 0.5:
+        return None
+    block = max(SHADE_MIN_BLOCK, min(h, w) // SHADE_BLOCKS)
+    step = max(1, block // 8)  # about 8x8 samples per block: its percentile costs little on a photo
+    gh, gw, k = h // block, w // block, block // step
+    grey = rgb[:gh * block:step, :gw * block:step].mean(-1)[:gh * k, :gw * k]  # (gh * k, gw * k)
+    ink = paper - grey > 0.5 * max(float((paper - grey).max()), MIN_CONTRAST)  # a shadow is far fainter
+    # Ink sorts below every paper sample, so a block's 90th percentile is paper's while paper
+    # holds more than a tenth of it; blocks with under a quarter paper are left to their neighbours.
+    samples = np.where(ink, -1.0, grey).reshape(gh, k, gw, k).transpose(0, 2, 1, 3).reshape(gh, gw, k * k)
+    level = np.percentile(samples, 90, axis=-1)  # (gh, gw)
+    known = (samples >= 0).mean(-1) >= 0.25
+    for _ in range(max(gh, gw)):  # the blocks the ink fills: the mean of their known neighbours, inwards
+        if known.all() or not known.any():
+            break
+        total, count = np.pad(np.where(known, level, 0.0), 1), np.pad(known.astype(np.float64), 1)
+        total = sum(total[i:i + gh, j:j + gw] for i in range(3) for j in range(3))
+        count = sum(count[i:i + gh, j:j + gw] for i in range(3) for j in range(3))
+        fill = ~known & (count > 0)
+        level = np.where(fill, total / np.maximum(count, 1), level)
+        known = known | fill
+    if not known.any():
+        return None
+    top = float(level.max())
+    if top <= 0 or (top - float(level.min())) / top < MIN_SHADE:
+        return None
+    shade = F.interpolate(torch.from_numpy(level / top).float()[None, None], size=(h, w), mode="bilinear",
+                          align_corners=False)[0, 0].numpy()
+    return np.clip(shade, 1e-3, 1.0)
 
 
 def _ink(image: Image.Image, floor_from_paper: bool = False) -> tuple[np.ndarray, float]:
@@ -93,7 +154,32 @@ def _ink(image: Image.Image, floor_from_paper: bool = False) -> tuple[np.ndarray
         # noise read the same with either. 0.03 keeps stray JPEG specks out of the ink's box.
         step = max(1, int((ink.size / 250_000) ** 0.5))  # a photo: the median of every step-th pixel (35 -> 5 ms)
         floor = min(floor, max(0.03, 5 * float(np.median(ink[::step, ::step]))))
-    return np.clip((ink - floor) / (peak - floor), 0.0, 1.0), image.width / width
+    ink = np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
+    return _without_specks(ink), image.width / width
+
+
+def _without_specks(ink: np.ndarray) -> np.ndarray:
+    """(H, W) ink in [0, 1] -> the same with the ink outside the strokes' box zeroed. On a noisy
+    photo a few paper pixels pass any floor, scattered far from the writing, and a box around
+    them would shrink the writing to nothing. The strokes' box holds the pixels whose 3x3
+    neighbourhood averages at least SPECK_MEAN (a speck is one pixel or a faint JPEG blotch), and
+    SPECK_MARGIN px around them keep the strokes' faint edges."""
+    if ink.shape[0] < 3 or ink.shape[1] < 3:
+        return ink
+    padded = np.pad(ink, 1)
+    across = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]  # (H + 2, W)
+    mean = (across[:-2] + across[1:-1] + across[2:]) / 9  # (H, W) 3x3 means
+    strokes = mean >= SPECK_MEAN
+    rows, cols = np.flatnonzero(strokes.any(1)), np.flatnonzero(strokes.any(0))
+    if not len(rows):
+        return ink
+    r0, r1 = max(0, rows[0] - SPECK_MARGIN), rows[-1] + SPECK_MARGIN + 1
+    c0, c1 = max(0, cols[0] - SPECK_MARGIN), cols[-1] + SPECK_MARGIN + 1
+    if r0 == 0 and c0 == 0 and r1 >= ink.shape[0] and c1 >= ink.shape[1]:
+        return ink
+    kept = np.zeros_like(ink)
+    kept[r0:r1, c0:c1] = ink[r0:r1, c0:c1]
+    return kept
 
 
 def _resize(ink: np.ndarray, height: int, width: int) -> np.ndarray:

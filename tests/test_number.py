@@ -14,7 +14,7 @@ from conftest import WEIGHTS_DIR, require_mnist
 from models.ctc import greedy_runs as runs_of
 from models.number import NumberReader, NumberReaderConfig, digit_spans, pad_lines
 from models.preprocess import SOURCE_MAX_HEIGHT, NoDigitError, _ink, number_line, prepare_number
-from testkit import drawn_number, png_bytes
+from testkit import drawn_number, phone_photo, png_bytes
 
 CONTRACT = {"height": 28, "ink_height": 20, "pad": 8, "max_width": 1024}
 
@@ -228,6 +228,20 @@ def test_a_photographed_line_on_paper_reads_as_well(client):
     assert resp.status_code == 200 and resp.json()["text"] == "8305"
     spans = [d["span"] for d in resp.json()["digits"]]
     assert spans[0][0] >= 190 and spans[-1][1] <= 200 + photo.shape[1] + 10
+
+
+@pytest.mark.parametrize("photo", [dict(shadow=0.4), dict(shadow=0.0, scale=0.5, sheet=(10.0, 4.0))],
+                         ids=["under_a_shadow", "small_on_a_large_noisy_sheet"])
+def test_a_phone_photo_reads_as_the_pads_png(client, photo):
+    """Light that falls unevenly on the paper is not ink, and neither are the specks that sensor
+    noise leaves across a large sheet (both photos read wrong without those two steps of
+    models/preprocess.py)."""
+    drawing = drawn_number("5031", seed=4, height=240)
+    ink = np.asarray(drawing.getchannel("A"), np.float32) / 255
+    data = phone_photo(ink, np.random.default_rng(3), noise=5.0, **photo)
+    resp = client.post("/predict/number", files={"file": ("photo.jpg", data, "image/jpeg")})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["text"] == post(client, drawing).json()["text"] == "5031"
 
 
 def test_no_ink_is_a_422_no_digit_and_bad_models_are_named(client):

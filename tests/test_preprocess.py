@@ -30,6 +30,13 @@ def _variants(big: Image.Image) -> dict[str, Image.Image]:
     frame = Image.new("L", (1200, 700), 255)  # a small digit off-centre in a wide photo
     frame.paste(Image.fromarray(255 - np.asarray(big.resize((90, 90))), "L"), (850, 520))
     out["small_in_large_frame"] = frame
+    rng = np.random.default_rng(0)  # a phone photo: grey paper, a shadow across it, sensor noise
+    yy, xx = np.mgrid[:700, :1200]
+    light = 1 - 0.4 * np.exp(-((yy - 100) ** 2 + (xx - 300) ** 2) / (2 * 350 ** 2))
+    sheet = np.full((700, 1200), 210.0)
+    sheet[200:200 + 180, 500:500 + 180] = 210 - 160 * np.asarray(big.resize((180, 180)), np.float32) / 255
+    photo = sheet * light + rng.normal(0, 5, sheet.shape)
+    out["shadowed_noisy_photo"] = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8), "L")
     out["scaled_up"] = big.resize((w * 3, h * 3), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     out["black_on_white"].convert("RGB").save(buf, format="JPEG", quality=60)
