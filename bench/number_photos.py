@@ -1,8 +1,8 @@
 """A photographed line on paper against the same line as a PNG: the MNIST-test lines (the manifest's
 seed) uploaded as the page's PNG and as phone photos (testkit.photo: grey paper, sensor noise,
 JPEG), evenly lit, under a broad soft shadow, and small on a large sheet; read by the number
-reader through the service's preprocessing, as served and without its two photo steps (paper
-lighting evened out, specks far from the writing dropped: models/preprocess.py).
+reader through the service's preprocessing, as served and without its photo steps (paper
+lighting evened out, printed rules and specks far from the writing dropped: models/preprocess.py).
 
     .venv/bin/python -m bench.number_photos [--lines 500] [--save bench/results/number_photos.json]
 """
@@ -36,6 +36,7 @@ DRESSES = {
     "photo_even": "photo, evenly lit: the line 4x larger on a sheet 3x its height and 1.8x its width",
     "photo_shadow": "photo, a broad soft shadow (light down by 20-45% at its middle) and a +-10% gradient",
     "photo_small": "photo, evenly lit, the line 2x larger on a sheet 12x its height and 4x its width",
+    "photo_ruled": "photo, ruled paper (a line every 1.2 writing heights, one under it), a soft shadow",
 }
 
 
@@ -43,19 +44,22 @@ def dress(ink: np.ndarray, name: str, rng: np.random.Generator) -> Image.Image:
     if name == "png":
         return as_upload(ink, "white_png")
     kw = {"photo_even": dict(shadow=0.0), "photo_shadow": dict(shadow=float(rng.uniform(0.2, 0.45))),
-          "photo_small": dict(shadow=0.0, scale=2.0, sheet=(12.0, 4.0))}[name]
+          "photo_small": dict(shadow=0.0, scale=2.0, sheet=(12.0, 4.0)),
+          "photo_ruled": dict(shadow=float(rng.uniform(0.2, 0.45)), rules=1.2)}[name]
     return Image.open(io.BytesIO(phone_photo(ink, rng, **kw)))
 
 
 @contextmanager
 def without_photo_steps():
-    """The preprocessing as it was before those two steps: one paper colour, every speck kept."""
-    shading, specks = preprocess.paper_shading, preprocess._without_specks
-    preprocess.paper_shading, preprocess._without_specks = (lambda rgb: None), (lambda ink: ink)
+    """The preprocessing as it was before those steps: one paper colour, every rule and speck kept."""
+    steps = {name: getattr(preprocess, name) for name in ("paper_shading", "_without_rules", "_without_specks")}
+    preprocess.paper_shading = lambda rgb: None
+    preprocess._without_rules = preprocess._without_specks = lambda ink: ink
     try:
         yield
     finally:
-        preprocess.paper_shading, preprocess._without_specks = shading, specks
+        for name, step in steps.items():
+            setattr(preprocess, name, step)
 
 
 def prepared(images: list[Image.Image], contract: dict) -> tuple[list, list[int]]:

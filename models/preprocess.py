@@ -42,6 +42,9 @@ MIN_SHADE = 0.10
 SHADE_BLOCKS = 16
 SHADE_MIN_SIDE = 64
 SHADE_MIN_BLOCK = 16  # px: several stroke widths, so that ink fills few blocks
+# Printed rules (`_without_rules`): bands this thin (share of the height), inked across this much.
+RULE_THICKNESS = 0.04
+RULE_COVER = 0.9
 # Ink counts for the writing's box where its 3x3 neighbourhood averages this much (`_without_specks`).
 SPECK_MEAN = 0.1
 SPECK_MARGIN = 2
@@ -155,7 +158,32 @@ def _ink(image: Image.Image, floor_from_paper: bool = False) -> tuple[np.ndarray
         step = max(1, int((ink.size / 250_000) ** 0.5))  # a photo: the median of every step-th pixel (35 -> 5 ms)
         floor = min(floor, max(0.03, 5 * float(np.median(ink[::step, ::step]))))
     ink = np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
-    return _without_specks(ink), image.width / width
+    return _without_specks(_without_rules(ink)), image.width / width
+
+
+def _without_rules(ink: np.ndarray) -> np.ndarray:
+    """(H, W) ink in [0, 1] -> the same without the printed rules of ruled paper: thin bands of
+    rows (at most RULE_THICKNESS of the height, and a row more each side for their soft edges)
+    inked across at least RULE_COVER of the width, where there are two or more of them (one
+    full-width stroke may be a digit's: the bar of a 7 cropped tight). Where a stroke crosses a
+    rule (ink just above and just below it), its pixels stay."""
+    h, w = ink.shape
+    if h < 16 or w < 64:
+        return ink
+    on = ink > 0.05
+    full = on.mean(1) >= RULE_COVER  # (H,)
+    if full.sum() < 2:
+        return ink
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], full.astype(np.int8), [0]])))
+    bands = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b - a <= max(2, RULE_THICKNESS * h)]
+    if len(bands) < 2:
+        return ink
+    ink = ink.copy()
+    for a, b in bands:
+        a, b = max(0, a - 1), min(h, b + 1)
+        crossing = on[max(0, a - 2)] & on[min(h - 1, b + 1)]  # (W,) strokes through the rule
+        ink[a:b, ~crossing] = 0
+    return ink
 
 
 def _without_specks(ink: np.ndarray) -> np.ndarray:

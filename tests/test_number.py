@@ -230,13 +230,15 @@ def test_a_photographed_line_on_paper_reads_as_well(client):
     assert spans[0][0] >= 190 and spans[-1][1] <= 200 + photo.shape[1] + 10
 
 
-@pytest.mark.parametrize("photo", [dict(shadow=0.4), dict(shadow=0.0, scale=0.5, sheet=(10.0, 4.0))],
-                         ids=["under_a_shadow", "small_on_a_large_noisy_sheet"])
-def test_a_phone_photo_reads_as_the_pads_png(client, photo):
-    """Light that falls unevenly on the paper is not ink, and neither are the specks that sensor
-    noise leaves across a large sheet (both photos read wrong without those two steps of
-    models/preprocess.py)."""
-    drawing = drawn_number("5031", seed=4, height=240)
+@pytest.mark.parametrize("height, photo", [(240, dict(scale=1.0, shadow=0.4)),
+                                           (240, dict(scale=0.5, shadow=0.0, sheet=(10.0, 4.0))),
+                                           (60, dict(scale=4.0, shadow=0.3, rules=1.2))],  # rules 3 px thick
+                         ids=["under_a_shadow", "small_on_a_large_noisy_sheet", "on_ruled_paper"])
+def test_a_phone_photo_reads_as_the_pads_png(client, height, photo):
+    """Light that falls unevenly on the paper is not ink, nor are the specks that sensor noise
+    leaves across a large sheet, nor a ruled paper's printed lines (each photo reads wrong
+    without those steps of models/preprocess.py)."""
+    drawing = drawn_number("5031", seed=4, height=height)
     ink = np.asarray(drawing.getchannel("A"), np.float32) / 255
     data = phone_photo(ink, np.random.default_rng(3), noise=5.0, **photo)
     resp = client.post("/predict/number", files={"file": ("photo.jpg", data, "image/jpeg")})

@@ -37,6 +37,9 @@ def _variants(big: Image.Image) -> dict[str, Image.Image]:
     sheet[200:200 + 180, 500:500 + 180] = 210 - 160 * np.asarray(big.resize((180, 180)), np.float32) / 255
     photo = sheet * light + rng.normal(0, 5, sheet.shape)
     out["shadowed_noisy_photo"] = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8), "L")
+    for y in range(40, 700, 150):  # the same on ruled paper
+        photo[y:y + 4] -= 50 * light[y:y + 4]
+    out["shadowed_ruled_photo"] = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8), "L")
     out["scaled_up"] = big.resize((w * 3, h * 3), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     out["black_on_white"].convert("RGB").save(buf, format="JPEG", quality=60)
