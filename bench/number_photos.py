@@ -1,8 +1,9 @@
-"""A photographed line on paper against the same line as a PNG: the MNIST-test lines (the manifest's
-seed) uploaded as the page's PNG and as phone photos (testkit.photo: grey paper, sensor noise,
-JPEG), evenly lit, under a broad soft shadow, and small on a large sheet; read by the number
-reader through the service's preprocessing, as served and without its photo steps (paper
-lighting evened out, printed rules and specks far from the writing dropped: models/preprocess.py).
+"""A photographed line on paper against the same line as a PNG: the MNIST-test lines (the
+manifest's seed) uploaded as a PNG and as phone photos (testkit.photo: grey paper, sensor noise,
+JPEG), evenly lit, under a broad soft shadow, small on a large sheet, on ruled and on squared paper; read by
+the number reader through the service's preprocessing, as served and without its photo steps
+(paper lighting evened out, printed rules and specks far from the writing dropped:
+models/preprocess.py).
 
     .venv/bin/python -m bench.number_photos [--lines 500] [--save bench/results/number_photos.json]
 """
@@ -37,6 +38,7 @@ DRESSES = {
     "photo_shadow": "photo, a broad soft shadow (light down by 20-45% at its middle) and a +-10% gradient",
     "photo_small": "photo, evenly lit, the line 2x larger on a sheet 12x its height and 4x its width",
     "photo_ruled": "photo, ruled paper (a line every 1.2 writing heights, one under it), a soft shadow",
+    "photo_squared": "photo, squared paper (lines across and down every half writing height), a soft shadow",
 }
 
 
@@ -45,7 +47,8 @@ def dress(ink: np.ndarray, name: str, rng: np.random.Generator) -> Image.Image:
         return as_upload(ink, "white_png")
     kw = {"photo_even": dict(shadow=0.0), "photo_shadow": dict(shadow=float(rng.uniform(0.2, 0.45))),
           "photo_small": dict(shadow=0.0, scale=2.0, sheet=(12.0, 4.0)),
-          "photo_ruled": dict(shadow=float(rng.uniform(0.2, 0.45)), rules=1.2)}[name]
+          "photo_ruled": dict(shadow=float(rng.uniform(0.2, 0.45)), rules=1.2),
+          "photo_squared": dict(shadow=float(rng.uniform(0.2, 0.45)), rules=0.5, squared=True)}[name]
     return Image.open(io.BytesIO(phone_photo(ink, rng, **kw)))
 
 

@@ -419,7 +419,7 @@ def render_number() -> str:
         lines += ["", f"The first {photos['lines']:,} of the MNIST-test lines as a PNG and as phone photos "
                       "(`bench/number_photos.py`, `testkit/photo.py`: grey paper, sensor noise, JPEG), read through the "
                       "service's preprocessing, and without its photo steps (the paper's uneven light divided "
-                      "out; a ruled paper's printed lines and specks far from the writing dropped):", "",
+                      "out; a ruled or squared paper's printed lines and specks far from the writing dropped):", "",
                   "| upload | whole number | per digit | without the photo steps |", "|---|---:|---:|---:|"]
         for row in photos["dresses"].values():
             served, before = row["as_served"], row["without_photo_steps"]

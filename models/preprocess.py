@@ -162,28 +162,45 @@ def _ink(image: Image.Image, floor_from_paper: bool = False) -> tuple[np.ndarray
 
 
 def _without_rules(ink: np.ndarray) -> np.ndarray:
-    """(H, W) ink in [0, 1] -> the same without the printed rules of ruled paper: thin bands of
-    rows (at most RULE_THICKNESS of the height, and a row more each side for their soft edges)
-    inked across at least RULE_COVER of the width, where there are two or more of them (one
-    full-width stroke may be a digit's: the bar of a 7 cropped tight). Where a stroke crosses a
-    rule (ink just above and just below it), its pixels stay."""
+    """(H, W) ink in [0, 1] -> the same without the printed lines of ruled or squared paper: thin
+    bands of rows (at most RULE_THICKNESS of the height, and a row more each side for their soft
+    edges) inked across at least RULE_COVER of the width, where there are two or more of them
+    (one full-width stroke may be a digit's: the bar of a 7 cropped tight); then, on such paper
+    only, thin full-height bands of columns too (a squared paper's, a notebook's margin line:
+    alone, a tight crop of 11 would look the same). Where a stroke crosses a line (ink just
+    before and just after it), its pixels stay."""
     h, w = ink.shape
     if h < 16 or w < 64:
         return ink
     on = ink > 0.05
-    full = on.mean(1) >= RULE_COVER  # (H,)
-    if full.sum() < 2:
+    rows = _thin_full_bands(on.mean(1), RULE_THICKNESS * h)
+    if len(rows) < 2:
         return ink
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], full.astype(np.int8), [0]])))
-    bands = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b - a <= max(2, RULE_THICKNESS * h)]
-    if len(bands) < 2:
-        return ink
-    ink = ink.copy()
-    for a, b in bands:
-        a, b = max(0, a - 1), min(h, b + 1)
-        crossing = on[max(0, a - 2)] & on[min(h - 1, b + 1)]  # (W,) strokes through the rule
-        ink[a:b, ~crossing] = 0
-    return ink
+    cols = _thin_full_bands(on.mean(0), RULE_THICKNESS * w)
+    rows = [(max(0, a - 1), min(h, b + 1)) for a, b in rows]
+    cols = [(max(0, a - 1), min(w, b + 1)) for a, b in cols]
+    bare = ink.copy()
+    for a, b in rows:
+        bare[a:b] = 0
+    for a, b in cols:
+        bare[:, a:b] = 0
+    # Strokes through a line (the writing just before and just after it) get their pixels back.
+    writing = bare > 0.05
+    for a, b in rows:
+        crossing = writing[max(0, a - 2)] & writing[min(h - 1, b + 1)]  # (W,)
+        bare[a:b, crossing] = ink[a:b, crossing]
+    for a, b in cols:
+        crossing = writing[:, max(0, a - 2)] & writing[:, min(w - 1, b + 1)]  # (H,)
+        bare[crossing, a:b] = ink[crossing, a:b]
+    return bare
+
+
+def _thin_full_bands(cover: np.ndarray, thickness: float) -> list[tuple[int, int]]:
+    """Ink cover per row (or column) -> [start, end) of each run of rows inked across at least
+    RULE_COVER, at most `thickness` (and 2) rows thick."""
+    full = np.concatenate([[0], (cover >= RULE_COVER).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(full))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a <= max(2.0, thickness)]
 
 
 def _without_specks(ink: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Ink (white on black, [0, 1]) -> what a phone photo of it on a sheet of paper looks like.
 
-The writing in dark ink on grey paper (plain or ruled), somewhere on a larger sheet, under light
+The writing in dark ink on grey paper (plain, ruled or squared), somewhere on a larger sheet, under light
 that is uneven (a soft shadow across the sheet and a gradient) or even, with sensor noise, saved
 as JPEG.
 """
@@ -17,12 +17,13 @@ RULE = 45.0  # how much darker a ruled paper's printed lines are
 
 
 def phone_photo(ink: np.ndarray, rng: np.random.Generator, *, scale: float = 4.0, sheet: tuple[float, float] = (3.0, 1.8),
-                shadow: float = 0.35, noise: float = 4.0, quality: int = 75, rules: float = 0.0) -> bytes:
+                shadow: float = 0.35, noise: float = 4.0, quality: int = 75, rules: float = 0.0,
+                squared: bool = False) -> bytes:
     """ink (h, w) in [0, 1] -> JPEG bytes: the ink `scale` times larger on a sheet `sheet` times
     the writing's (height, width), at a random place; `shadow`: how much darker the light is at
     the middle of a broad soft shadow at a random place (0: evenly lit, then no gradient either);
     `rules`: ruled paper, its lines this many writing heights apart (3 px at scale 4), one under the
-    writing."""
+    writing; `squared`: the same lines across too (squared paper)."""
     h, w = ink.shape
     big = np.asarray(Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8))
                      .resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR),
@@ -36,6 +37,8 @@ def phone_photo(ink: np.ndarray, rng: np.random.Generator, *, scale: float = 4.0
         gap, thick = max(4, round(rules * big.shape[0])), max(1, round(0.75 * scale))
         for y in range((top + big.shape[0]) % gap, sh, gap):
             paper[y:y + thick] -= RULE
+        for x in range(left % gap, sw, gap) if squared else ():
+            paper[:, x:x + thick] = np.minimum(paper[:, x:x + thick], PAPER - RULE)
     light = np.ones((sh, sw), np.float32)
     if shadow:
         yy, xx = np.mgrid[:sh, :sw].astype(np.float32)

@@ -232,12 +232,13 @@ def test_a_photographed_line_on_paper_reads_as_well(client):
 
 @pytest.mark.parametrize("height, photo", [(240, dict(scale=1.0, shadow=0.4)),
                                            (240, dict(scale=0.5, shadow=0.0, sheet=(10.0, 4.0))),
-                                           (60, dict(scale=4.0, shadow=0.3, rules=1.2))],  # rules 3 px thick
-                         ids=["under_a_shadow", "small_on_a_large_noisy_sheet", "on_ruled_paper"])
+                                           (60, dict(scale=4.0, shadow=0.3, rules=1.2)),  # rules 3 px thick
+                                           (60, dict(scale=4.0, shadow=0.3, rules=0.5, squared=True))],
+                         ids=["under_a_shadow", "small_on_a_large_noisy_sheet", "on_ruled_paper", "on_squared_paper"])
 def test_a_phone_photo_reads_as_the_pads_png(client, height, photo):
     """Light that falls unevenly on the paper is not ink, nor are the specks that sensor noise
-    leaves across a large sheet, nor a ruled paper's printed lines (each photo reads wrong
-    without those steps of models/preprocess.py)."""
+    leaves across a large sheet, nor a ruled or squared paper's printed lines (each photo reads
+    wrong without those steps of models/preprocess.py)."""
     drawing = drawn_number("5031", seed=4, height=height)
     ink = np.asarray(drawing.getchannel("A"), np.float32) / 255
     data = phone_photo(ink, np.random.default_rng(3), noise=5.0, **photo)
