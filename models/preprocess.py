@@ -197,7 +197,7 @@ def _without_rules(ink: np.ndarray) -> np.ndarray:
 
 def _thin_full_bands(cover: np.ndarray, thickness: float) -> list[tuple[int, int]]:
     """Ink cover per row (or column) -> [start, end) of each run of rows inked across at least
-    RULE_COVER, at most `thickness` (and 2) rows thick."""
+    RULE_COVER and at most max(2, `thickness`) rows thick."""
     full = np.concatenate([[0], (cover >= RULE_COVER).astype(np.int8), [0]])
     edges = np.flatnonzero(np.diff(full))
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a <= max(2.0, thickness)]
