@@ -54,8 +54,9 @@ class NoDigitError(ValueError):
     """The image holds no ink that stands out from its background."""
 
 
-def _ink_map(image: Image.Image) -> np.ndarray:
-    """Per-pixel ink strength in [0, 1], whatever the polarity or colours.
+def _ink_map(image: Image.Image) -> tuple[np.ndarray, bool]:
+    """Per-pixel ink strength in [0, 1], whatever the polarity or colours, and whether it came
+    from the image's colours (a photo or scan may be) rather than a transparent canvas's alpha.
 
     Transparent exports (ink drawn on a transparent canvas) carry the ink in alpha. Otherwise
     ink is the colour distance from the paper, estimated as the median of the border pixels:
@@ -71,7 +72,7 @@ def _ink_map(image: Image.Image) -> np.ndarray:
     if image.mode in ("RGBA", "LA", "PA"):
         alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
         if alpha.max() - alpha.min() > MIN_CONTRAST:
-            return alpha
+            return alpha, False
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
     rgb = np.asarray(image, dtype=np.float32) / 255.0
@@ -86,7 +87,7 @@ def _ink_map(image: Image.Image) -> np.ndarray:
     ink = np.sqrt(((rgb - paper) ** 2).sum(-1) / rgb.shape[-1])
     # Back in the photo's own contrast: dividing by the shade also amplified the sensor noise
     # under the shadow, which the noise floor (`_ink`) measures on the paper as a whole.
-    return ink if shade is None else ink * shade
+    return (ink if shade is None else ink * shade), True
 
 
 def paper_shading(rgb: np.ndarray) -> np.ndarray | None:
@@ -140,7 +141,7 @@ def _ink(image: Image.Image, floor_from_paper: bool = False) -> tuple[np.ndarray
     if max(image.size) > MAX_WORK_SIDE:
         image = image.copy()
         image.thumbnail((MAX_WORK_SIDE, MAX_WORK_SIDE), Image.Resampling.BOX)
-    ink = _ink_map(image)
+    ink, from_colours = _ink_map(image)
     peak = float(ink.max())
     if peak < MIN_CONTRAST:
         raise NoDigitError("no ink found: the image is blank or has too little contrast")
@@ -158,7 +159,9 @@ def _ink(image: Image.Image, floor_from_paper: bool = False) -> tuple[np.ndarray
         step = max(1, int((ink.size / 250_000) ** 0.5))  # a photo: the median of every step-th pixel (35 -> 5 ms)
         floor = min(floor, max(0.03, 5 * float(np.median(ink[::step, ::step]))))
     ink = np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
-    return _without_specks(_without_rules(ink)), image.width / width
+    if from_colours:  # printed lines and sensor noise come with paper, not with a canvas's alpha
+        ink = _without_specks(_without_rules(ink))
+    return ink, image.width / width
 
 
 def _without_rules(ink: np.ndarray) -> np.ndarray:
