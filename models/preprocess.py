@@ -45,6 +45,7 @@ SHADE_MIN_BLOCK = 16  # px: several stroke widths, so that ink fills few blocks
 # Printed rules (`_without_rules`): bands this thin (share of the height), inked across this much.
 RULE_THICKNESS = 0.04
 RULE_COVER = 0.9
+RULE_INK = 0.05  # ink that counts as covering a pixel (printed lines are faint next to a pen)
 # Ink counts for the writing's box where its 3x3 neighbourhood averages this much (`_without_specks`).
 SPECK_MEAN = 0.1
 SPECK_MARGIN = 2
@@ -108,7 +109,8 @@ def paper_shading(rgb: np.ndarray) -> np.ndarray | None:
     step = max(1, block // 8)  # about 8x8 samples per block: its percentile costs little on a photo
     gh, gw, k = h // block, w // block, block // step
     grey = rgb[:gh * block:step, :gw * block:step].mean(-1)[:gh * k, :gw * k]  # (gh * k, gw * k)
-    ink = paper - grey > 0.5 * max(float((paper - grey).max()), MIN_CONTRAST)  # a shadow is far fainter
+    dark = paper - grey
+    ink = dark > 0.5 * max(float(dark.max()), MIN_CONTRAST)  # a shadow is far fainter
     # Ink sorts below every paper sample, so a block's 90th percentile is paper's while paper
     # holds more than a tenth of it; blocks with under a quarter paper are left to their neighbours.
     samples = np.where(ink, -1.0, grey).reshape(gh, k, gw, k).transpose(0, 2, 1, 3).reshape(gh, gw, k * k)
@@ -117,9 +119,7 @@ def paper_shading(rgb: np.ndarray) -> np.ndarray | None:
     for _ in range(max(gh, gw)):  # the blocks the ink fills: the mean of their known neighbours, inwards
         if known.all() or not known.any():
             break
-        total, count = np.pad(np.where(known, level, 0.0), 1), np.pad(known.astype(np.float64), 1)
-        total = sum(total[i:i + gh, j:j + gw] for i in range(3) for j in range(3))
-        count = sum(count[i:i + gh, j:j + gw] for i in range(3) for j in range(3))
+        total, count = _sum3x3(np.where(known, level, 0.0)), _sum3x3(known.astype(np.float64))
         fill = ~known & (count > 0)
         level = np.where(fill, total / np.maximum(count, 1), level)
         known = known | fill
@@ -175,7 +175,7 @@ def _without_rules(ink: np.ndarray) -> np.ndarray:
     h, w = ink.shape
     if h < 16 or w < 64:
         return ink
-    on = ink > 0.05
+    on = ink > RULE_INK
     rows = _thin_full_bands(on.mean(1), RULE_THICKNESS * h)
     if len(rows) < 2:
         return ink
@@ -188,7 +188,7 @@ def _without_rules(ink: np.ndarray) -> np.ndarray:
     for a, b in cols:
         bare[:, a:b] = 0
     # Strokes through a line (the writing just before and just after it) get their pixels back.
-    writing = bare > 0.05
+    writing = bare > RULE_INK
     for a, b in rows:
         crossing = writing[max(0, a - 2)] & writing[min(h - 1, b + 1)]  # (W,)
         bare[a:b, crossing] = ink[a:b, crossing]
@@ -206,6 +206,13 @@ def _thin_full_bands(cover: np.ndarray, thickness: float) -> list[tuple[int, int
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a <= max(2.0, thickness)]
 
 
+def _sum3x3(a: np.ndarray) -> np.ndarray:
+    """(H, W) -> (H, W): each element's sum with its 8 neighbours (zeros beyond the edges)."""
+    padded = np.pad(a, 1)
+    across = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]  # (H + 2, W)
+    return across[:-2] + across[1:-1] + across[2:]
+
+
 def _without_specks(ink: np.ndarray) -> np.ndarray:
     """(H, W) ink in [0, 1] -> the same with the ink outside the strokes' box zeroed. On a noisy
     photo a few paper pixels pass any floor, scattered far from the writing, and a box around
@@ -214,10 +221,7 @@ def _without_specks(ink: np.ndarray) -> np.ndarray:
     SPECK_MARGIN px around them keep the strokes' faint edges."""
     if ink.shape[0] < 3 or ink.shape[1] < 3:
         return ink
-    padded = np.pad(ink, 1)
-    across = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]  # (H + 2, W)
-    mean = (across[:-2] + across[1:-1] + across[2:]) / 9  # (H, W) 3x3 means
-    strokes = mean >= SPECK_MEAN
+    strokes = _sum3x3(ink) / 9 >= SPECK_MEAN
     rows, cols = np.flatnonzero(strokes.any(1)), np.flatnonzero(strokes.any(0))
     if not len(rows):
         return ink

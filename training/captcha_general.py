@@ -16,6 +16,7 @@ chunk's samples and seconds go into the manifest's `training.chunks`.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,11 @@ def default_config() -> CaptchaCTCConfig:
                             dropout=0.1)
 
 
+def validation_seed(family: str) -> int:
+    """The seed a family's validation captchas are drawn from."""
+    return VAL_SEED + list(FAMILIES).index(family)
+
+
 def validation_sets(folder: Path, per_family: int = VAL_PER_FAMILY) -> dict[str, tuple[np.ndarray, list[str]]]:
     """Per family (training and held-out): (uint8 pixels (N, H, W), lower-case texts), rendered
     once into `folder` and read from there after."""
@@ -58,7 +64,7 @@ def validation_sets(folder: Path, per_family: int = VAL_PER_FAMILY) -> dict[str,
     for family in TRAIN_FAMILIES + HELD_OUT_FAMILIES:
         path = folder / f"val_{family}_{per_family}.npz"
         if not path.exists():  # seeded by the family's place in FAMILIES, which new families never change
-            render_shard(path, {family: per_family}, VAL_SEED + list(FAMILIES).index(family))
+            render_shard(path, {family: per_family}, validation_seed(family))
         data = np.load(path)
         texts = ["".join(CHARSET[int(c)] for c in row if c >= 0) for row in data["y"]]
         sets[family] = (data["x"], texts)
@@ -88,7 +94,7 @@ def served_figures(models: dict[str, CaptchaCTC], contract: dict, per_family: in
     cached 48x160 sets do not keep; a reader without one reads only the reader input)."""
     figures, per_family = {name: {} for name in models}, per_family or VAL_PER_FAMILY
     for family in TRAIN_FAMILIES + HELD_OUT_FAMILIES:
-        drawn = [item for _, item in zip(range(per_family), samples(family, VAL_SEED + list(FAMILIES).index(family)))]
+        drawn = list(itertools.islice(samples(family, validation_seed(family)), per_family))
         prepared = [prepare_captcha(image, contract) for _, image in drawn]
         truth = [t.lower() for t, _ in drawn]
         for name, model in models.items():
